@@ -1,0 +1,307 @@
+/* config.c - option table, parsing and help text. */
+#include "config.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { T_STR, T_INT, T_FLOAT, T_BOOL, T_CHOICE, T_LIST };
+
+typedef struct {
+    const char *name;        /* long flag without "--" */
+    const char *alias;       /* another accepted long flag, or NULL */
+    char short_name;
+    int type;
+    size_t offset;
+    const char *def;         /* default, as text: parsed like user input */
+    const char *const *choices;
+    double min, max;         /* numeric range */
+    const char *group;
+    const char *metavar;
+    const char *help;
+} cs_option;
+
+static const char *const iface_choices[] = {"auto", "wsgi", "asgi", NULL};
+
+#define OFF(f) offsetof(cs_config, f)
+static const cs_option options[] = {
+    {"app-dir", NULL, 0, T_STR, OFF(app_dir), ".", NULL, 0, 0, "Application", "DIR",
+     "directory put first on sys.path before the app is imported"},
+    {"factory", NULL, 0, T_BOOL, OFF(factory), "false", NULL, 0, 0, "Application", NULL,
+     "treat APP as a callable returning the application"},
+    {"interface", NULL, 0, T_CHOICE, OFF(interface), "auto", iface_choices, 0, 0, "Application", "auto|wsgi|asgi",
+     "application interface; auto inspects the callable"},
+    {"root-path", NULL, 0, T_STR, OFF(root_path), "", NULL, 0, 0, "Application", "PATH",
+     "mount point of the app: SCRIPT_NAME, stripped from PATH_INFO"},
+    {"bind", NULL, 'b', T_LIST, OFF(binds), "127.0.0.1:8000", NULL, 0, 0, "Binding", "ADDR",
+     "HOST:PORT, [IPV6]:PORT or unix:PATH; repeat for several"},
+    {"backlog", NULL, 0, T_INT, OFF(backlog), "2048", NULL, 1, 1e6, "Binding", "N",
+     "listen(2) queue length"},
+    {"threads", NULL, 0, T_INT, OFF(threads), "1", NULL, 1, 1024, "Workers", "N",
+     "app threads per worker; 1 runs the app on the I/O thread"},
+    {"limit-request-line", NULL, 0, T_INT, OFF(limit_request_line), "8190", NULL, 64, 1 << 20, "HTTP limits", "BYTES",
+     "longest request line (414 beyond)"},
+    {"limit-request-fields", NULL, 0, T_INT, OFF(limit_request_fields), "100", NULL, 1, 1000, "HTTP limits", "N",
+     "most header fields in a request (431 beyond)"},
+    {"limit-request-field-size", NULL, 0, T_INT, OFF(limit_request_field_size), "8190", NULL, 64, 1 << 20,
+     "HTTP limits", "BYTES", "longest header field line (431 beyond)"},
+    {"limit-request-body", NULL, 0, T_INT, OFF(limit_request_body), "0", NULL, 0, 1e18, "HTTP limits", "BYTES",
+     "largest request body, 0 for no limit (413 beyond)"},
+    {"timeout-keep-alive", "keep-alive", 0, T_FLOAT, OFF(timeout_keep_alive), "5", NULL, 0, 86400, "Timeouts",
+     "SECONDS", "close an idle keep-alive connection after this"},
+    {"header-read-timeout", NULL, 0, T_FLOAT, OFF(header_read_timeout), "10", NULL, 0.1, 86400, "Timeouts",
+     "SECONDS", "a request head must arrive within this (408 beyond)"},
+    {"body-read-timeout", NULL, 0, T_FLOAT, OFF(body_read_timeout), "30", NULL, 0.1, 86400, "Timeouts",
+     "SECONDS", "longest stall reading a body or writing a response"},
+    {"graceful-timeout", "timeout-graceful-shutdown", 0, T_FLOAT, OFF(graceful_timeout), "30", NULL, 0, 86400,
+     "Timeouts", "SECONDS", "on TERM/INT, how long in-flight requests may finish"},
+    {"log-level", NULL, 0, T_CHOICE, OFF(log_level), "info", cs_log_level_names, 0, 0, "Logging",
+     "LEVEL", "debug, info, warning, error or critical"},
+};
+#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+static const char *const group_order[] = {"Application", "Binding", "Workers", "HTTP limits", "Timeouts",
+                                          "Logging", NULL};
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return CS_CONFIG_ERROR;
+}
+
+static void clear_list(cs_config *cfg)
+{
+    for (int i = 0; i < cfg->nbinds; i++)
+        free(cfg->binds[i]);
+    cfg->nbinds = 0;
+}
+
+/* Apply one textual value to an option.  `from` names the source for errors. */
+static int set_value(cs_config *cfg, const cs_option *o, const char *v, const char *from, char *err, size_t errlen)
+{
+    char *field = (char *)cfg + o->offset;
+    char *end;
+    switch (o->type) {
+    case T_STR: {
+        char *dup = strdup(v);
+        if (!dup)
+            return fail(err, errlen, "out of memory");
+        free(*(char **)field);
+        *(char **)field = dup;
+        return 0;
+    }
+    case T_INT: {
+        errno = 0;
+        long long n = strtoll(v, &end, 10);
+        if (errno || end == v || *end || n < o->min || n > o->max)
+            return fail(err, errlen, "%s: expected a whole number from %.0f to %.0f, got '%s'", from, o->min,
+                        o->max, v);
+        *(long *)field = (long)n;
+        return 0;
+    }
+    case T_FLOAT: {
+        errno = 0;
+        double d = strtod(v, &end);
+        if (errno || end == v || *end || d < o->min || d > o->max)
+            return fail(err, errlen, "%s: expected a number of seconds from %g to %g, got '%s'", from, o->min,
+                        o->max, v);
+        *(double *)field = d;
+        return 0;
+    }
+    case T_BOOL:
+        if (!strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on"))
+            *(int *)field = 1;
+        else if (!strcmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no") || !strcasecmp(v, "off"))
+            *(int *)field = 0;
+        else
+            return fail(err, errlen, "%s: expected true or false, got '%s'", from, v);
+        return 0;
+    case T_CHOICE:
+        for (int i = 0; o->choices[i]; i++)
+            if (!strcasecmp(v, o->choices[i])) {
+                *(int *)field = i;
+                return 0;
+            }
+        return fail(err, errlen, "%s: invalid choice '%s' (choose from %s)", from, v, o->metavar);
+    case T_LIST: {
+        /* comma-separated; each call appends */
+        const char *p = v;
+        while (*p) {
+            const char *c = strchr(p, ',');
+            size_t n = c ? (size_t)(c - p) : strlen(p);
+            if (n) {
+                if (cfg->nbinds == CS_MAX_BINDS)
+                    return fail(err, errlen, "%s: at most %d addresses", from, CS_MAX_BINDS);
+                char *dup = strndup(p, n);
+                if (!dup)
+                    return fail(err, errlen, "out of memory");
+                cfg->binds[cfg->nbinds++] = dup;
+            }
+            p += n + (c ? 1 : 0);
+        }
+        return 0;
+    }
+    }
+    return fail(err, errlen, "internal: bad option type");
+}
+
+static void env_name(const cs_option *o, char *buf, size_t len)
+{
+    size_t i = (size_t)snprintf(buf, len, "CORSAC_");
+    for (const char *p = o->name; *p && i + 1 < len; p++)
+        buf[i++] = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+    buf[i] = '\0';
+}
+
+static const cs_option *find_long(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const cs_option *o = &options[i];
+        if ((strlen(o->name) == len && !strncmp(o->name, name, len)) ||
+            (o->alias && strlen(o->alias) == len && !strncmp(o->alias, name, len)))
+            return o;
+    }
+    return NULL;
+}
+
+static void print_help(const char *prog)
+{
+    printf("usage: %s [OPTIONS] APP\n\n"
+           "Serve a Python WSGI application with Corsac %s.\n\n"
+           "  APP                     module:attribute (attribute may be dotted); also CORSAC_APP\n"
+           "  -h, --help              show this help and exit\n"
+           "  --version               show the version and exit\n",
+           prog, CORSAC_VERSION);
+    for (int g = 0; group_order[g]; g++) {
+        printf("\n%s:\n", group_order[g]);
+        for (size_t i = 0; i < NOPTIONS; i++) {
+            const cs_option *o = &options[i];
+            if (strcmp(o->group, group_order[g]))
+                continue;
+            char flag[96], env[64];
+            int n = o->short_name ? snprintf(flag, sizeof(flag), "-%c, --%s", o->short_name, o->name)
+                                  : snprintf(flag, sizeof(flag), "--%s", o->name);
+            if (o->metavar && o->type != T_BOOL)
+                snprintf(flag + n, sizeof(flag) - (size_t)n, " %s", o->metavar);
+            env_name(o, env, sizeof(env));
+            printf("  %-40s %s\n", flag, o->help);
+            printf("  %-40s [default: %s] [env: %s]%s%s%s\n", "", o->def[0] ? o->def : "\"\"", env,
+                   o->alias ? " [alias: --" : "", o->alias ? o->alias : "", o->alias ? "]" : "");
+        }
+    }
+}
+
+int cs_config_load(cs_config *cfg, int argc, char **argv, char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (set_value(cfg, &options[i], options[i].def, "default", err, errlen))
+            return CS_CONFIG_ERROR;
+
+    /* environment */
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        char env[64];
+        env_name(&options[i], env, sizeof(env));
+        const char *v = getenv(env);
+        if (!v)
+            continue;
+        if (options[i].type == T_LIST)
+            clear_list(cfg);
+        if (set_value(cfg, &options[i], v, env, err, errlen))
+            return CS_CONFIG_ERROR;
+    }
+    const char *envapp = getenv("CORSAC_APP");
+    if (envapp && *envapp && !(cfg->app = strdup(envapp)))
+        return fail(err, errlen, "out of memory");
+
+    /* command line */
+    int list_from_cli = 0, only_positional = 0, app_from_cli = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (only_positional || a[0] != '-' || a[1] == '\0') {
+            if (app_from_cli)
+                return fail(err, errlen, "unexpected extra argument '%s'", a);
+            app_from_cli = 1;
+            free(cfg->app);
+            if (!(cfg->app = strdup(a)))
+                return fail(err, errlen, "out of memory");
+            continue;
+        }
+        if (!strcmp(a, "--")) {
+            only_positional = 1;
+            continue;
+        }
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            print_help("corsac");
+            return CS_CONFIG_EXIT;
+        }
+        if (!strcmp(a, "--version")) {
+            printf("corsac %s\n", CORSAC_VERSION);
+            return CS_CONFIG_EXIT;
+        }
+        const cs_option *o = NULL;
+        const char *val = NULL;
+        int negated = 0;
+        char flagname[80];
+        if (a[1] == '-') {
+            const char *name = a + 2, *eq = strchr(name, '=');
+            size_t len = eq ? (size_t)(eq - name) : strlen(name);
+            o = find_long(name, len);
+            if (!o && len > 3 && !strncmp(name, "no-", 3)) {
+                o = find_long(name + 3, len - 3);
+                negated = o && o->type == T_BOOL;
+                if (!negated)
+                    o = NULL;
+            }
+            if (!o)
+                return fail(err, errlen, "unrecognized option '--%.*s'", (int)len, name);
+            if (eq)
+                val = eq + 1;
+            snprintf(flagname, sizeof(flagname), "--%.*s", (int)len, name);
+        } else {
+            for (size_t k = 0; k < NOPTIONS; k++)
+                if (options[k].short_name == a[1])
+                    o = &options[k];
+            if (!o)
+                return fail(err, errlen, "unrecognized option '-%c'", a[1]);
+            if (a[2])
+                val = a + 2;
+            snprintf(flagname, sizeof(flagname), "-%c", a[1]);
+        }
+        if (o->type == T_BOOL && !val) {
+            val = negated ? "false" : "true";
+        } else if (!val) {
+            if (i + 1 >= argc)
+                return fail(err, errlen, "option %s needs a value", flagname);
+            val = argv[++i];
+        }
+        if (o->type == T_LIST && !list_from_cli) {
+            clear_list(cfg);
+            list_from_cli = 1;
+        }
+        if (set_value(cfg, o, val, flagname, err, errlen))
+            return CS_CONFIG_ERROR;
+    }
+    if (!cfg->app)
+        return fail(err, errlen, "missing APP (module:attribute); see 'corsac --help'");
+    return CS_CONFIG_OK;
+}
+
+void cs_config_free(cs_config *cfg)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (options[i].type == T_STR) {
+            free(*(char **)((char *)cfg + options[i].offset));
+            *(char **)((char *)cfg + options[i].offset) = NULL;
+        }
+    clear_list(cfg);
+    free(cfg->app);
+    cfg->app = NULL;
+}

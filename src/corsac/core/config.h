@@ -1,0 +1,45 @@
+/* config.h - the command line: one option table drives the flags, their
+ * CORSAC_* environment variables and the grouped --help.
+ *
+ * Precedence: built-in default < environment < command line. */
+#ifndef CORSAC_CONFIG_H
+#define CORSAC_CONFIG_H
+
+#include <stddef.h>
+
+#ifndef CORSAC_VERSION
+#define CORSAC_VERSION "0.1.0"
+#endif
+#define CS_MAX_BINDS 16
+
+enum { CS_IFACE_AUTO, CS_IFACE_WSGI, CS_IFACE_ASGI };
+
+typedef struct {
+    char *app;
+    char *app_dir;
+    int factory;
+    int interface;
+    char *binds[CS_MAX_BINDS];
+    int nbinds;
+    long backlog;
+    long threads;
+    int log_level;
+    char *root_path;
+    long limit_request_line;
+    long limit_request_fields;
+    long limit_request_field_size;
+    long limit_request_body;        /* 0: unlimited */
+    double timeout_keep_alive;
+    double header_read_timeout;
+    double body_read_timeout;
+    double graceful_timeout;
+} cs_config;
+
+enum { CS_CONFIG_OK = 0, CS_CONFIG_EXIT = 1, CS_CONFIG_ERROR = -1 };
+
+/* Fill cfg from defaults, environment and argv.  CS_CONFIG_EXIT means --help
+ * or --version was printed; CS_CONFIG_ERROR leaves a one-line reason in err. */
+int cs_config_load(cs_config *cfg, int argc, char **argv, char *err, size_t errlen);
+void cs_config_free(cs_config *cfg);
+
+#endif

@@ -1,0 +1,1048 @@
+/* conn.c - HTTP/1.1 connections (RFC 9112) on the event loop.
+ *
+ * Owns: the read buffer and request framing, the response head and body
+ * framing (Content-Length, chunked, close-delimited), the output queue with
+ * backpressure, keep-alive and pipelining, the header/body/idle timeouts and
+ * lingering close.  Produces cs_req for the handler (request.h).
+ *
+ * Read buffer layout while a request is in progress:
+ *   [0, bpos)      consumed (head, body already handed to the app)
+ *   [bpos, bend)   decoded body bytes not yet read by the app
+ *   [raw, rlen)    bytes not yet framed (rest of the body, next request)
+ * bend <= raw: chunked decoding moves payload left over its framing. */
+#include "conn.h"
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RBUF_INITIAL (16 * 1024)
+#define OUT_HIGH (256 * 1024)        /* app context blocks above this much queued output */
+#define OUT_LOW (64 * 1024)
+#define LINGER_MS 2000
+#define MAX_IOV 72
+
+enum { S_IDLE, S_HEAD, S_BODY, S_APP, S_FLUSH, S_LINGER };
+enum { R_NONE, R_LENGTH, R_CHUNKED, R_CLOSE };
+enum { NEXT_WAIT, NEXT_READY, NEXT_ERROR };
+
+typedef struct cs_out {
+    struct cs_out *next;
+    int fd;                 /* >= 0: a file segment, sent with sendfile */
+    off_t off;
+    size_t len, pos;
+    char data[];
+} cs_out;
+
+struct cs_conn {
+    cs_io io;                       /* first: the loop hands it back to us */
+    cs_worker *w;
+    cs_conn *prev, *next;           /* worker's list */
+    cs_conn *qnext;                 /* pool job/done lists */
+    int state;
+    int in_pool;                    /* owned by a pool thread (loop thread's view) */
+    int in_app;                     /* handler running: writes may block */
+    uint64_t deadline;
+    const cs_listener *listener;
+    char peer[INET6_ADDRSTRLEN];
+    int peer_port;
+
+    char *rbuf;
+    size_t rcap, rlen, rpos;
+    size_t bpos, bend, raw;
+    int have_req;                   /* a parsed request awaits dispatch */
+    int body_kind;
+    uint64_t body_left, body_seen;
+    int framed;                     /* the whole body has been framed */
+    cs_chunked chunked;
+    int continue_sent;
+    int peer_eof;
+
+    cs_request pr;
+    cs_req req;
+    int keep_alive;
+    int resp_mode;
+    uint64_t resp_left;
+    int resp_done;
+    int overflow_logged;
+    int closing;                    /* close once the output is flushed */
+    int broken;                     /* the socket failed: drop without flushing */
+
+    cs_out *out_head, *out_tail;
+    size_t out_bytes;
+    cs_header headers[];            /* limits.max_fields entries */
+};
+
+static const cs_req_ops h1_ops;
+static void conn_io(cs_loop *loop, cs_io *io, uint32_t events);
+static void conn_settle(cs_conn *c);
+
+cs_conn **cs_conn_qnext(cs_conn *c) { return &c->qnext; }
+
+static cs_conn *from_req(cs_req *r) { return (cs_conn *)((char *)r - offsetof(cs_conn, req)); }
+
+/* ---- Date header: formatted at most once a second per thread ------------- */
+
+static const char *http_date(void)
+{
+    static _Thread_local time_t cached_sec;
+    static _Thread_local char line[64];
+    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    time_t now = time(NULL);
+    if (now != cached_sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        snprintf(line, sizeof(line), "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n", days[tm.tm_wday],
+                 tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        cached_sec = now;
+    }
+    return line;
+}
+
+/* ---- blocking waits in app context --------------------------------------- */
+
+/* Wait for events on the socket, with the GIL released.  1 ready, 0 timeout, -1 error. */
+static int wait_fd(cs_conn *c, short events, uint64_t ms)
+{
+    cs_worker *w = c->w;
+    struct pollfd p = {.fd = c->io.fd, .events = events};
+    void *tok = w->unlock ? w->unlock() : NULL;
+    uint64_t end = cs_now_ms() + ms;
+    int rc;
+    for (;;) {
+        uint64_t now = cs_now_ms();
+        rc = now >= end ? 0 : poll(&p, 1, (int)(end - now));
+        if (rc >= 0 || errno != EINTR)
+            break;
+    }
+    if (w->relock)
+        w->relock(tok);
+    return rc < 0 ? -1 : rc;
+}
+
+/* ---- output queue --------------------------------------------------------- */
+
+static int queue_mem(cs_conn *c, const char *p, size_t n)
+{
+    cs_out *o = malloc(sizeof(*o) + n);
+    if (!o) {
+        cs_log(CS_LOG_ERROR, "conn: out of memory queueing %zu bytes for %s", n, c->peer);
+        c->broken = 1;
+        return -1;
+    }
+    o->next = NULL;
+    o->fd = -1;
+    o->len = n;
+    o->pos = 0;
+    memcpy(o->data, p, n);
+    if (c->out_tail)
+        c->out_tail->next = o;
+    else
+        c->out_head = o;
+    c->out_tail = o;
+    c->out_bytes += n;
+    return 0;
+}
+
+static int queue_file(cs_conn *c, int fd, off_t off, size_t len)
+{
+    cs_out *o = malloc(sizeof(*o));
+    if (!o) {
+        cs_log(CS_LOG_ERROR, "conn: out of memory queueing a file for %s", c->peer);
+        close(fd);
+        c->broken = 1;
+        return -1;
+    }
+    *o = (cs_out){.fd = fd, .off = off, .len = len};
+    if (c->out_tail)
+        c->out_tail->next = o;
+    else
+        c->out_head = o;
+    c->out_tail = o;
+    c->out_bytes += len;
+    return 0;
+}
+
+static void out_pop(cs_conn *c)
+{
+    cs_out *o = c->out_head;
+    c->out_head = o->next;
+    if (!c->out_head)
+        c->out_tail = NULL;
+    if (o->fd >= 0)
+        close(o->fd);
+    free(o);
+}
+
+static int is_gone(int e) { return e == EPIPE || e == ECONNRESET || e == ENOTCONN || e == ETIMEDOUT; }
+
+static void write_failed(cs_conn *c, const char *what, int e)
+{
+    if (!is_gone(e))
+        cs_log(CS_LOG_WARNING, "conn: %s to %s: %s", what, c->peer, strerror(e));
+    c->broken = 1;
+}
+
+/* Write queued output without blocking.  1 drained, 0 would block, -1 failed. */
+static int flush_out(cs_conn *c)
+{
+    while (c->out_head) {
+        cs_out *o = c->out_head;
+        ssize_t n;
+        if (o->fd >= 0) {
+            size_t chunk = o->len - o->pos > (1u << 30) ? (1u << 30) : o->len - o->pos;
+            off_t off = o->off + (off_t)o->pos;
+            n = chunk ? sendfile(c->io.fd, o->fd, &off, chunk) : 0;
+            if (n == 0 && chunk) {          /* file shrank under us */
+                cs_log(CS_LOG_ERROR, "conn: file truncated while sending to %s", c->peer);
+                c->broken = 1;
+                return -1;
+            }
+        } else {
+            n = write(c->io.fd, o->data + o->pos, o->len - o->pos);
+        }
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN)
+                return 0;
+            write_failed(c, o->fd >= 0 ? "sendfile" : "write", errno);
+            return -1;
+        }
+        o->pos += (size_t)n;
+        c->out_bytes -= (size_t)n;
+        if (o->pos == o->len)
+            out_pop(c);
+    }
+    return 1;
+}
+
+/* In app context: wait until the queue is below `low` (backpressure). */
+static int drain_to(cs_conn *c, size_t low)
+{
+    while (c->out_bytes > low) {
+        int r = flush_out(c);
+        if (r < 0)
+            return -1;
+        if (r == 0 && c->out_bytes > low) {
+            int ready = wait_fd(c, POLLOUT, c->w->body_ms);
+            if (ready <= 0) {
+                cs_log(CS_LOG_INFO, "conn: %s stopped reading; dropping the connection", c->peer);
+                c->broken = 1;
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Write iov fully or queue what the socket does not take now. */
+static int conn_write(cs_conn *c, struct iovec *iov, int n)
+{
+    if (c->broken)
+        return -1;
+    int i = 0;
+    if (!c->out_head) {
+        while (i < n) {
+            ssize_t w = writev(c->io.fd, iov + i, n - i > 1024 ? 1024 : n - i);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN)
+                    break;
+                write_failed(c, "writev", errno);
+                return -1;
+            }
+            size_t left = (size_t)w;
+            while (i < n && left >= iov[i].iov_len)
+                left -= iov[i++].iov_len;
+            if (i < n && left) {
+                iov[i].iov_base = (char *)iov[i].iov_base + left;
+                iov[i].iov_len -= left;
+            }
+        }
+    }
+    for (; i < n; i++)
+        if (iov[i].iov_len && queue_mem(c, iov[i].iov_base, iov[i].iov_len))
+            return -1;
+    if (c->in_app && c->out_bytes > OUT_HIGH)
+        return drain_to(c, OUT_LOW);
+    return 0;
+}
+
+/* ---- server-made responses ------------------------------------------------ */
+
+static const char *reason_of(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+    }
+}
+
+/* A complete error response, then close.  The app never sees the request. */
+static void send_error(cs_conn *c, int status)
+{
+    char buf[512];
+    const char *reason = reason_of(status);
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 %d %s\r\nServer: corsac\r\n%sContent-Type: text/plain; charset=utf-8\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+                     status, reason, http_date(), strlen(reason) + 1, reason);
+    struct iovec v = {buf, (size_t)n};
+    conn_write(c, &v, 1);
+    c->closing = 1;
+    c->have_req = 0;
+}
+
+/* ---- request framing ------------------------------------------------------ */
+
+/* Frame buffered raw bytes into the decoded body region.  -1 on a framing
+ * error or an over-limit body (status in req.body_error). */
+static int frame_body(cs_conn *c)
+{
+    cs_worker *w = c->w;
+    if (c->framed || c->raw >= c->rlen)
+        return 0;
+    if (c->body_kind == CS_BODY_LENGTH) {
+        size_t avail = c->rlen - c->raw;
+        size_t take = avail < c->body_left ? avail : (size_t)c->body_left;
+        if (c->bend != c->raw)
+            memmove(c->rbuf + c->bend, c->rbuf + c->raw, take);
+        c->bend += take;
+        c->raw += take;
+        c->body_left -= take;
+        c->framed = c->body_left == 0;
+        return 0;
+    }
+    while (c->raw < c->rlen && !c->framed) {
+        const char *data;
+        size_t dlen;
+        ssize_t used = cs_chunked_decode(&c->chunked, c->rbuf + c->raw, c->rlen - c->raw, &data, &dlen);
+        if (used < 0) {
+            cs_log(CS_LOG_DEBUG, "conn: bad chunked body from %s: %s", c->peer, c->chunked.error);
+            c->req.body_error = 400;
+            return -1;
+        }
+        if (dlen) {
+            c->body_seen += dlen;
+            if (w->body_limit && c->body_seen > w->body_limit) {
+                c->req.body_error = 413;
+                return -1;
+            }
+            memmove(c->rbuf + c->bend, data, dlen);
+            c->bend += dlen;
+        }
+        c->raw += (size_t)used;
+        c->framed = cs_chunked_done(&c->chunked);
+    }
+    return 0;
+}
+
+static int grow_rbuf(cs_conn *c, size_t want)
+{
+    size_t cap = c->rcap ? c->rcap : RBUF_INITIAL;
+    while (cap < want)
+        cap *= 2;
+    if (cap == c->rcap)
+        return 0;
+    char *nb = realloc(c->rbuf, cap);
+    if (!nb) {
+        cs_log(CS_LOG_ERROR, "conn: out of memory growing the buffer of %s to %zu", c->peer, cap);
+        return -1;
+    }
+    c->rbuf = nb;
+    c->rcap = cap;
+    return 0;
+}
+
+static void set_state(cs_conn *c, int state, uint64_t ms)
+{
+    if (c->state != state || state == S_IDLE)
+        c->deadline = cs_now_ms() + ms;
+    c->state = state;
+}
+
+/* Fill c->req from the parsed head. */
+static void setup_req(cs_conn *c)
+{
+    cs_request *p = &c->pr;
+    cs_req *r = &c->req;
+    memset(r, 0, sizeof(*r));
+    r->ops = &h1_ops;
+    r->method = p->method;
+    r->method_len = p->method_len;
+    r->target = p->target;
+    r->target_len = p->target_len;
+    r->path = p->path;
+    r->path_len = p->path_len;
+    r->query = p->query;
+    r->query_len = p->query_len;
+    r->headers = c->headers;
+    r->num_headers = p->num_headers;
+    r->protocol = p->minor_version ? "HTTP/1.1" : "HTTP/1.0";
+    r->scheme = "http";
+    r->server_name = c->listener->server_name;
+    r->server_port = c->listener->server_port;
+    r->peer_addr = c->peer;
+    r->peer_port = c->peer_port;
+    r->content_length = p->body == CS_BODY_LENGTH ? (int64_t)p->content_length
+                        : p->body == CS_BODY_CHUNKED ? -1 : 0;
+    r->has_body = p->body != CS_BODY_NONE && !(p->body == CS_BODY_LENGTH && p->content_length == 0);
+    r->head_only = p->method_len == 4 && memcmp(p->method, "HEAD", 4) == 0;
+    r->multithread = c->w->threads > 1;
+    c->keep_alive = p->keep_alive;
+    c->resp_mode = R_NONE;
+    c->resp_done = 0;
+    c->overflow_logged = 0;
+    c->continue_sent = 0;
+}
+
+/* Parse and frame the next request from the buffer.  NEXT_READY: dispatch;
+ * NEXT_WAIT: need more bytes (state set); NEXT_ERROR: error response queued. */
+static int conn_next(cs_conn *c)
+{
+    cs_worker *w = c->w;
+    if (!c->have_req) {
+        if (c->rpos == c->rlen) {
+            c->rpos = c->rlen = 0;
+            set_state(c, S_IDLE, w->keepalive_ms);
+            return NEXT_WAIT;
+        }
+        int n = cs_parse_request(c->rbuf + c->rpos, c->rlen - c->rpos, &c->pr, c->headers, &w->limits);
+        if (n == CS_PARSE_AGAIN) {
+            if (c->rpos && c->rcap - c->rlen < 2048) {
+                memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+                c->rlen -= c->rpos;
+                c->rpos = 0;
+            }
+            if (c->rlen == c->rcap && (c->rcap >= w->max_head || grow_rbuf(c, c->rcap * 2))) {
+                send_error(c, 431);
+                return NEXT_ERROR;
+            }
+            set_state(c, S_HEAD, w->header_ms);
+            return NEXT_WAIT;
+        }
+        if (n < 0) {
+            cs_log(CS_LOG_DEBUG, "conn: %d from %s: %s", c->pr.status, c->peer, c->pr.error);
+            send_error(c, c->pr.status);
+            return NEXT_ERROR;
+        }
+        setup_req(c);
+        c->have_req = 1;
+        c->rpos += (size_t)n;
+        c->bpos = c->bend = c->raw = c->rpos;
+        c->body_kind = c->pr.body;
+        c->body_seen = 0;
+        c->framed = 1;
+        if (c->pr.body == CS_BODY_LENGTH) {
+            if (w->body_limit && c->pr.content_length > w->body_limit) {
+                send_error(c, 413);
+                return NEXT_ERROR;
+            }
+            c->body_left = c->pr.content_length;
+            c->framed = c->body_left == 0;
+        } else if (c->pr.body == CS_BODY_CHUNKED) {
+            cs_chunked_init(&c->chunked);
+            c->framed = 0;
+        }
+    }
+    if (frame_body(c) < 0) {
+        send_error(c, c->req.body_error);
+        return NEXT_ERROR;
+    }
+    /* Dispatch once the body is here, or the buffer is full (the app streams
+     * the rest), or the client waits for 100 Continue. */
+    if (c->framed || c->pr.expect_continue || c->rlen == c->rcap) {
+        c->state = S_APP;
+        return NEXT_READY;
+    }
+    set_state(c, S_BODY, w->body_ms);
+    return NEXT_WAIT;
+}
+
+/* ---- request body for the app -------------------------------------------- */
+
+static ssize_t h1_read(cs_req *r, char *buf, size_t n)
+{
+    cs_conn *c = from_req(r);
+    if (n == 0)
+        return 0;
+    if (c->pr.expect_continue && !c->continue_sent && !c->framed && !r->started) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        struct iovec v = {(void *)cont, sizeof(cont) - 1};
+        c->continue_sent = 1;
+        if (conn_write(c, &v, 1) < 0) {
+            r->body_error = CS_BODY_GONE;
+            return -1;
+        }
+    }
+    for (;;) {
+        if (c->bpos < c->bend) {
+            size_t take = c->bend - c->bpos < n ? c->bend - c->bpos : n;
+            memcpy(buf, c->rbuf + c->bpos, take);
+            c->bpos += take;
+            return (ssize_t)take;
+        }
+        if (c->framed)
+            return 0;
+        if (r->body_error)
+            return -1;
+        if (c->raw < c->rlen) {
+            if (frame_body(c) < 0)
+                return -1;
+            continue;
+        }
+        /* Everything buffered is consumed: reuse the buffer from the start.
+         * (The head is gone from here on: see request.h.) */
+        c->rpos = c->rlen = c->bpos = c->bend = c->raw = 0;
+        ssize_t got = read(c->io.fd, c->rbuf, c->rcap);
+        if (got > 0) {
+            c->rlen = (size_t)got;
+            continue;
+        }
+        if (got == 0) {
+            c->peer_eof = 1;
+            r->body_error = CS_BODY_GONE;
+            return -1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN) {
+            r->body_error = CS_BODY_GONE;
+            return -1;
+        }
+        int ready = wait_fd(c, POLLIN, c->w->body_ms);
+        if (ready == 0) {
+            r->body_error = 408;
+            return -1;
+        }
+        if (ready < 0) {
+            r->body_error = CS_BODY_GONE;
+            return -1;
+        }
+    }
+}
+
+/* ---- response ------------------------------------------------------------- */
+
+static size_t put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return n;
+}
+#define PUTLIT(p, lit) put((p), (lit), sizeof(lit) - 1)
+
+/* Serialize the head into buf (sized by the caller via head_size). */
+static size_t head_size(const cs_resp_head *h)
+{
+    size_t n = 256 + h->reason_len;
+    for (size_t i = 0; i < h->num_headers; i++)
+        n += h->headers[i].name_len + h->headers[i].value_len + 4;
+    return n;
+}
+
+static size_t build_head(cs_conn *c, const cs_resp_head *h, const struct iovec *iov, int iovcnt, int fin,
+                         char *buf)
+{
+    cs_req *r = &c->req;
+    int st = h->status;
+    int64_t cl = h->content_length;
+    int no_body = r->head_only || st == 204 || st == 304 || st < 200;
+
+    if (cl < 0 && fin) {            /* the whole body is in hand: frame it exactly */
+        uint64_t total = 0;
+        for (int i = 0; i < iovcnt; i++)
+            total += iov[i].iov_len;
+        cl = (int64_t)total;
+    }
+    int write_cl = cl >= 0 && st != 204 && st >= 200 && !(st == 304 && h->content_length < 0);
+    if (no_body) {
+        c->resp_mode = R_NONE;
+    } else if (cl >= 0) {
+        c->resp_mode = R_LENGTH;
+        c->resp_left = (uint64_t)cl;
+    } else if (c->pr.minor_version == 1) {
+        c->resp_mode = R_CHUNKED;
+    } else {
+        c->resp_mode = R_CLOSE;
+    }
+    int keep = c->keep_alive && !h->app_close && !atomic_load(&c->w->stopping) &&
+               c->resp_mode != R_CLOSE && c->framed && !c->closing;
+    if (!keep)
+        c->closing = 1;
+
+    char *p = buf;
+    p += PUTLIT(p, "HTTP/1.1 ");
+    *p++ = (char)('0' + st / 100);
+    *p++ = (char)('0' + st / 10 % 10);
+    *p++ = (char)('0' + st % 10);
+    *p++ = ' ';
+    p += put(p, h->reason, h->reason_len);
+    p += PUTLIT(p, "\r\n");
+    if (!h->has_server)
+        p += PUTLIT(p, "Server: corsac\r\n");
+    if (!h->has_date)
+        p += put(p, http_date(), 37);
+    for (size_t i = 0; i < h->num_headers; i++) {
+        const cs_header *x = &h->headers[i];
+        p += put(p, x->name, x->name_len);
+        *p++ = ':';
+        *p++ = ' ';
+        p += put(p, x->value, x->value_len);
+        p += PUTLIT(p, "\r\n");
+    }
+    if (write_cl)
+        p += (size_t)sprintf(p, "Content-Length: %lld\r\n", (long long)cl);
+    else if (c->resp_mode == R_CHUNKED)
+        p += PUTLIT(p, "Transfer-Encoding: chunked\r\n");
+    if (!keep)
+        p += PUTLIT(p, "Connection: close\r\n");
+    else if (c->pr.minor_version == 0)
+        p += PUTLIT(p, "Connection: keep-alive\r\n");
+    p += PUTLIT(p, "\r\n");
+    return (size_t)(p - buf);
+}
+
+static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, int iovcnt, int fin)
+{
+    cs_conn *c = from_req(r);
+    struct iovec v[MAX_IOV + 4];
+    char stackhead[4096], sizeline[24];
+    char *heap = NULL;
+    int k = 0;
+    if (c->broken || c->resp_done)
+        return -1;
+    if (iovcnt > MAX_IOV) {
+        /* split: the bridge never hands over more than MAX_IOV, but stay safe */
+        if (h1_send(r, h, iov, MAX_IOV, 0) < 0)
+            return -1;
+        return h1_send(r, NULL, iov + MAX_IOV, iovcnt - MAX_IOV, fin);
+    }
+    if (h) {
+        size_t need = head_size(h);
+        char *hb = stackhead;
+        if (need > sizeof(stackhead) && !(hb = heap = malloc(need))) {
+            cs_log(CS_LOG_ERROR, "conn: out of memory for a %zu-byte response head", need);
+            c->broken = 1;
+            return -1;
+        }
+        v[k].iov_base = hb;
+        v[k++].iov_len = build_head(c, h, iov, iovcnt, fin, hb);
+        r->started = 1;
+    }
+    uint64_t total = 0;
+    switch (c->resp_mode) {
+    case R_NONE:
+        break;
+    case R_LENGTH: {
+        uint64_t dropped = 0;
+        for (int i = 0; i < iovcnt; i++) {
+            size_t n = iov[i].iov_len < c->resp_left ? iov[i].iov_len : (size_t)c->resp_left;
+            if (n) {
+                v[k].iov_base = iov[i].iov_base;
+                v[k++].iov_len = n;
+                c->resp_left -= n;
+            }
+            dropped += iov[i].iov_len - n;
+        }
+        if (dropped && !c->overflow_logged) {
+            /* never let surplus bytes pose as the start of a next response */
+            cs_log(CS_LOG_WARNING, "conn: response to %s exceeds its Content-Length; %llu bytes dropped",
+                   c->peer, (unsigned long long)dropped);
+            c->overflow_logged = 1;
+        }
+        break;
+    }
+    case R_CHUNKED:
+        for (int i = 0; i < iovcnt; i++)
+            total += iov[i].iov_len;
+        if (total) {
+            v[k].iov_base = sizeline;
+            v[k++].iov_len = (size_t)snprintf(sizeline, sizeof(sizeline), "%llx\r\n", (unsigned long long)total);
+            for (int i = 0; i < iovcnt; i++)
+                if (iov[i].iov_len)
+                    v[k++] = iov[i];
+            v[k].iov_base = (void *)"\r\n";
+            v[k++].iov_len = 2;
+        }
+        if (fin) {
+            v[k].iov_base = (void *)"0\r\n\r\n";
+            v[k++].iov_len = 5;
+        }
+        break;
+    case R_CLOSE:
+        for (int i = 0; i < iovcnt; i++)
+            if (iov[i].iov_len)
+                v[k++] = iov[i];
+        break;
+    }
+    if (fin) {
+        c->resp_done = 1;
+        if (c->resp_mode == R_LENGTH && c->resp_left) {
+            cs_log(CS_LOG_WARNING, "conn: response to %s ended %llu bytes short of its Content-Length; closing",
+                   c->peer, (unsigned long long)c->resp_left);
+            c->closing = 1;
+        }
+    }
+    int rc = k ? conn_write(c, v, k) : 0;
+    free(heap);
+    return rc;
+}
+
+static int h1_sendfile(cs_req *r, const cs_resp_head *h, int fd, off_t off, uint64_t len)
+{
+    cs_conn *c = from_req(r);
+    if (h1_send(r, h, NULL, 0, 0) < 0) {
+        close(fd);
+        return -1;
+    }
+    if (c->resp_mode == R_LENGTH && len > c->resp_left)
+        len = c->resp_left;
+    if (c->resp_mode == R_NONE || len == 0) {
+        close(fd);
+        return h1_send(r, NULL, NULL, 0, 1);
+    }
+    if (c->resp_mode == R_CHUNKED) {
+        char sizeline[24];
+        struct iovec v = {sizeline, (size_t)snprintf(sizeline, sizeof(sizeline), "%llx\r\n",
+                                                     (unsigned long long)len)};
+        if (conn_write(c, &v, 1) < 0) {
+            close(fd);
+            return -1;
+        }
+    }
+    if (c->resp_mode == R_LENGTH)
+        c->resp_left -= len;
+    /* The loop drains file segments with sendfile once the handler returns,
+     * so a slow client never holds an app thread. */
+    if (queue_file(c, fd, off, (size_t)len) < 0)
+        return -1;
+    if (flush_out(c) < 0)
+        return -1;
+    if (c->resp_mode == R_CHUNKED) {
+        struct iovec v = {(void *)"\r\n0\r\n\r\n", 7};
+        if (conn_write(c, &v, 1) < 0)
+            return -1;
+    }
+    c->resp_done = 1;
+    return 0;
+}
+
+static void h1_abort(cs_req *r)
+{
+    cs_conn *c = from_req(r);
+    c->closing = 1;
+    c->resp_done = 1;
+}
+
+static const cs_req_ops h1_ops = {h1_read, h1_send, h1_sendfile, h1_abort};
+
+/* ---- running requests ----------------------------------------------------- */
+
+/* After the handler: make sure the response is complete and the connection
+ * positioned at the next request. */
+static void finish_request(cs_conn *c)
+{
+    cs_req *r = &c->req;
+    if (!c->resp_done) {
+        if (!r->started && !c->broken) {
+            cs_log(CS_LOG_ERROR, "conn: handler returned without a response for %s", c->peer);
+            send_error(c, 500);
+        }
+        c->closing = 1;
+    }
+    /* discard any unread body that is already buffered; more than that: close */
+    if (!c->framed && !r->body_error)
+        frame_body(c);
+    if (!c->framed)
+        c->closing = 1;
+    c->bpos = c->bend;
+    c->rpos = c->raw;
+    c->have_req = 0;
+}
+
+void cs_conn_run(cs_conn *c)
+{
+    cs_worker *w = c->w;
+    do {
+        c->in_app = 1;
+        w->handler(&c->req, w->handler_data);
+        c->in_app = 0;
+        finish_request(c);
+        if (c->closing || c->broken || c->out_head)
+            return;
+    } while (conn_next(c) == NEXT_READY);
+}
+
+/* Loop thread: parse what is buffered and dispatch or wait. */
+static void conn_advance(cs_conn *c)
+{
+    int r = conn_next(c);
+    if (r == NEXT_READY) {
+        if (c->w->threads > 1) {
+            cs_loop_watch(c->w->loop, &c->io, 0);
+            c->in_pool = 1;
+            cs_worker_submit(c->w, c);
+            return;
+        }
+        cs_conn_run(c);
+    }
+    conn_settle(c);
+}
+
+static void conn_free(cs_conn *c)
+{
+    cs_worker *w = c->w;
+    cs_loop_watch(w->loop, &c->io, 0);
+    close(c->io.fd);
+    while (c->out_head)
+        out_pop(c);
+    free(c->rbuf);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nconns--;
+    free(c);
+}
+
+/* Close without resetting: stop sending, read and discard until the peer
+ * closes (or LINGER_MS), so a response is not destroyed by an RST. */
+static void start_linger(cs_conn *c)
+{
+    if (c->peer_eof || shutdown(c->io.fd, SHUT_WR) < 0) {
+        conn_free(c);
+        return;
+    }
+    c->state = S_LINGER;
+    c->deadline = cs_now_ms() + LINGER_MS;
+    if (cs_loop_watch(c->w->loop, &c->io, EPOLLIN) < 0)
+        conn_free(c);
+}
+
+/* Loop thread: arrange the next event for a connection after any work. */
+static void conn_settle(cs_conn *c)
+{
+    cs_worker *w = c->w;
+    if (c->broken) {
+        conn_free(c);
+        return;
+    }
+    if (c->out_head) {
+        c->state = S_FLUSH;
+        c->deadline = cs_now_ms() + w->body_ms;
+        if (cs_loop_watch(w->loop, &c->io, EPOLLOUT) < 0)
+            conn_free(c);
+        return;
+    }
+    if (c->closing) {
+        start_linger(c);
+        return;
+    }
+    if (atomic_load(&w->stopping) && c->state == S_IDLE) {
+        conn_free(c);
+        return;
+    }
+    if (cs_loop_watch(w->loop, &c->io, EPOLLIN) < 0)
+        conn_free(c);
+}
+
+void cs_conn_resume(cs_conn *c)
+{
+    c->in_pool = 0;
+    conn_settle(c);
+}
+
+static void on_readable(cs_conn *c)
+{
+    if (c->rlen == c->rcap) {
+        /* only reachable in S_BODY with a full buffer, which dispatches */
+        conn_advance(c);
+        return;
+    }
+    ssize_t n = read(c->io.fd, c->rbuf + c->rlen, c->rcap - c->rlen);
+    if (n > 0) {
+        c->rlen += (size_t)n;
+        conn_advance(c);
+        return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    /* EOF or reset: nothing to answer (a partial request is abandoned) */
+    c->peer_eof = 1;
+    conn_free(c);
+}
+
+static void conn_io(cs_loop *loop, cs_io *io, uint32_t events)
+{
+    cs_conn *c = (cs_conn *)io;
+    (void)loop;
+    switch (c->state) {
+    case S_IDLE:
+    case S_HEAD:
+    case S_BODY:
+        on_readable(c);
+        break;
+    case S_FLUSH: {
+        if (events & (EPOLLERR | EPOLLHUP)) {
+            conn_free(c);
+            break;
+        }
+        int r = flush_out(c);
+        if (r < 0)
+            conn_free(c);
+        else if (r > 0) {
+            if (c->closing)
+                start_linger(c);
+            else
+                conn_advance(c);
+        }
+        break;
+    }
+    case S_LINGER: {
+        char scratch[4096];
+        for (;;) {
+            ssize_t n = read(c->io.fd, scratch, sizeof(scratch));
+            if (n > 0)
+                continue;
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0 && errno == EAGAIN)
+                return;
+            conn_free(c);
+            return;
+        }
+    }
+    break;
+    default:
+        break;
+    }
+}
+
+/* ---- accept and sweep ----------------------------------------------------- */
+
+void cs_conn_accept(cs_worker *w, cs_listen_io *lio)
+{
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        int fd = accept4(lio->l->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                cs_log(CS_LOG_ERROR, "accept on %s: %s; pausing accepts for 100 ms", lio->l->display,
+                       strerror(errno));
+                w->accept_paused_until = cs_now_ms() + 100;
+                for (int k = 0; k < w->nlisteners; k++)
+                    cs_loop_watch(w->loop, &w->lio[k].io, 0);
+            } else if (errno != EAGAIN) {
+                cs_log(CS_LOG_ERROR, "accept on %s: %s", lio->l->display, strerror(errno));
+            }
+            return;
+        }
+        cs_conn *c = calloc(1, sizeof(*c) + sizeof(cs_header) * w->limits.max_fields);
+        char *rbuf = malloc(RBUF_INITIAL);
+        if (!c || !rbuf) {
+            cs_log(CS_LOG_ERROR, "accept: out of memory for a new connection");
+            free(c);
+            free(rbuf);
+            close(fd);
+            continue;
+        }
+        c->io.fd = fd;
+        c->io.fn = conn_io;
+        c->w = w;
+        c->listener = lio->l;
+        c->rbuf = rbuf;
+        c->rcap = RBUF_INITIAL;
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &a->sin_addr, c->peer, sizeof(c->peer));
+            c->peer_port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &a->sin6_addr, c->peer, sizeof(c->peer));
+            c->peer_port = ntohs(a->sin6_port);
+        }
+        if (ss.ss_family != AF_UNIX) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
+        c->next = w->conns;
+        if (w->conns)
+            w->conns->prev = c;
+        w->conns = c;
+        w->nconns++;
+        /* a fresh connection must send its first request within the header timeout */
+        c->state = S_IDLE;
+        c->deadline = cs_now_ms() + w->header_ms;
+        if (cs_loop_watch(w->loop, &c->io, EPOLLIN) < 0)
+            conn_free(c);
+    }
+}
+
+void cs_conn_close_all(cs_worker *w)
+{
+    while (w->conns)
+        conn_free(w->conns);
+}
+
+void cs_conn_sweep(cs_worker *w)
+{
+    uint64_t now = cs_now_ms();
+    int stopping = atomic_load(&w->stopping);
+    cs_conn *next;
+    for (cs_conn *c = w->conns; c; c = next) {
+        next = c->next;
+        if (c->in_pool || c->state == S_APP)
+            continue;
+        if (stopping && c->state == S_IDLE) {
+            conn_free(c);
+            continue;
+        }
+        if (now < c->deadline)
+            continue;
+        switch (c->state) {
+        case S_HEAD:
+        case S_BODY:
+            cs_log(CS_LOG_DEBUG, "conn: %s too slow sending its request; 408", c->peer);
+            send_error(c, 408);
+            conn_settle(c);
+            break;
+        default:
+            conn_free(c);
+            break;
+        }
+    }
+    if (w->accept_paused_until && now >= w->accept_paused_until && !stopping) {
+        w->accept_paused_until = 0;
+        for (int k = 0; k < w->nlisteners; k++)
+            cs_loop_watch(w->loop, &w->lio[k].io, EPOLLIN);
+    }
+}

@@ -1,0 +1,46 @@
+/* loop.h - the event loop: epoll readiness callbacks plus periodic timers.
+ *
+ * Modeled on Redis's ae: a handful of calls, everything above is callbacks.
+ * Owners embed a cs_io (fd + callback) and get it back in the callback, so
+ * the loop needs no fd-indexed tables.  Single-threaded: only the thread
+ * running cs_loop_run may call these, except cs_loop_wake. */
+#ifndef CORSAC_LOOP_H
+#define CORSAC_LOOP_H
+
+#include <stdint.h>
+#include <sys/epoll.h>
+
+typedef struct cs_loop cs_loop;
+typedef struct cs_io cs_io;
+typedef void cs_io_fn(cs_loop *loop, cs_io *io, uint32_t events);
+typedef void cs_timer_fn(cs_loop *loop, void *data);
+typedef void cs_hook_fn(void *data);
+
+struct cs_io {
+    int fd;
+    uint32_t events;     /* currently registered mask, 0 when not registered */
+    cs_io_fn *fn;
+};
+
+cs_loop *cs_loop_new(void);
+void cs_loop_free(cs_loop *loop);
+
+/* Register, change or (with events == 0) remove interest in io->fd.  -1 on error. */
+int cs_loop_watch(cs_loop *loop, cs_io *io, uint32_t events);
+
+/* Run fn every ms milliseconds (after the events of an iteration).  -1 if full. */
+int cs_loop_every(cs_loop *loop, unsigned ms, cs_timer_fn *fn, void *data);
+
+/* Called just before blocking in epoll_wait and right after it returns
+ * (the WSGI worker uses them to release and retake the GIL per batch). */
+void cs_loop_set_wait_hooks(cs_loop *loop, cs_hook_fn *before, cs_hook_fn *after, void *data);
+
+/* Run until cs_loop_stop.  Returns 0, or -1 if epoll_wait failed. */
+int cs_loop_run(cs_loop *loop);
+void cs_loop_stop(cs_loop *loop);
+
+/* Monotonic milliseconds, refreshed after every wait. */
+uint64_t cs_loop_now(const cs_loop *loop);
+uint64_t cs_now_ms(void);
+
+#endif

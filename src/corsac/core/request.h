@@ -1,0 +1,76 @@
+/* request.h - the protocol-independent request.
+ *
+ * Every protocol (HTTP/1.1 in conn.c; HTTP/2 later) produces a cs_req and
+ * every handler (the WSGI bridge; ASGI and static files later) consumes it
+ * through cs_req_ops, never knowing which protocol is underneath (H2O's
+ * h2o_req_t idea).  Handlers run in "app context": on the I/O thread with
+ * --threads 1, or on a pool thread; ops may block there (they release the
+ * GIL through the worker's hooks while they wait). */
+#ifndef CORSAC_REQUEST_H
+#define CORSAC_REQUEST_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "parser.h"
+
+typedef struct cs_req cs_req;
+
+/* A response head as the handler hands it over: already validated (names are
+ * tokens, values field text, no CR/LF/NUL).  Framing fields are not in
+ * `headers`: the protocol writes them from content_length. */
+typedef struct {
+    int status;
+    const char *reason;
+    size_t reason_len;
+    const cs_header *headers;
+    size_t num_headers;
+    int64_t content_length;     /* -1: unknown, the protocol picks the framing */
+    unsigned app_close : 1;     /* the app asked for Connection: close */
+    unsigned has_server : 1;    /* the app set Server: do not add ours */
+    unsigned has_date : 1;      /* the app set Date: do not add ours */
+} cs_resp_head;
+
+typedef struct {
+    /* Read up to n body bytes (blocking).  >0 bytes, 0 at the end of the body,
+     * -1 on failure with req->body_error set. */
+    ssize_t (*read)(cs_req *r, char *buf, size_t n);
+    /* Send body bytes, preceded by `head` on the first call (NULL after).
+     * fin marks the end of the response.  0, or -1 if the client is gone. */
+    int (*send)(cs_req *r, const cs_resp_head *head, const struct iovec *iov, int iovcnt, int fin);
+    /* Like send, for len bytes of fd from off; always ends the response.
+     * Takes ownership of fd. */
+    int (*sendfile)(cs_req *r, const cs_resp_head *head, int fd, off_t off, uint64_t len);
+    /* The response cannot be completed: drop the connection. */
+    void (*abort)(cs_req *r);
+} cs_req_ops;
+
+/* Why reading the body failed: the status a response should carry. */
+enum { CS_BODY_OK = 0, CS_BODY_GONE = 499 /* client disconnected */ };
+
+/* method, target, path, query and headers point into the protocol's input
+ * buffer: they are valid until the handler's first ops->read. */
+struct cs_req {
+    const cs_req_ops *ops;
+    const char *method;   size_t method_len;
+    const char *target;   size_t target_len;
+    const char *path;     size_t path_len;     /* percent-encoded; empty means "/" */
+    const char *query;    size_t query_len;
+    const cs_header *headers;
+    size_t num_headers;
+    const char *protocol;                      /* "HTTP/1.1", "HTTP/1.0" */
+    const char *scheme;                        /* "http" or "https" */
+    const char *server_name, *server_port;
+    const char *peer_addr;                     /* "" for unix sockets */
+    int peer_port;
+    int64_t content_length;                    /* -1 chunked; 0 when no body */
+    int has_body;
+    int body_error;                            /* 400, 408, 413 or CS_BODY_GONE */
+    unsigned head_only : 1;                    /* HEAD: no body bytes go out */
+    unsigned started : 1;                      /* head sent: status can no longer change */
+    unsigned multithread : 1;
+    void *bridge;                              /* handler state for this request */
+};
+
+#endif

@@ -1,0 +1,148 @@
+/* sock.c - bind specs to listening sockets. */
+#include "sock.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static int listen_unix(const char *path, int backlog, cs_listener *out, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        snprintf(err, errlen, "unix socket path too long: %s", path);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+        unlink(path);   /* a stale socket from an earlier run */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket(AF_UNIX): %s", strerror(errno));
+        return -1;
+    }
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, backlog) < 0) {
+        snprintf(err, errlen, "cannot bind unix:%s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    out->fd = fd;
+    out->family = AF_UNIX;
+    out->unix_path = strdup(path);
+    snprintf(out->display, sizeof(out->display), "unix:%s", path);
+    snprintf(out->server_name, sizeof(out->server_name), "%s", path);
+    out->server_port[0] = '\0';
+    return 0;
+}
+
+int cs_listen(const char *spec, int backlog, cs_listener *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    out->fd = -1;
+    if (strncmp(spec, "unix:", 5) == 0)
+        return listen_unix(spec + 5, backlog, out, err, errlen);
+
+    char host[256], port[16] = "8000";
+    const char *colon;
+    if (spec[0] == '[') {
+        const char *rb = strchr(spec, ']');
+        if (!rb || (size_t)(rb - spec - 1) >= sizeof(host) || (rb[1] && rb[1] != ':')) {
+            snprintf(err, errlen, "invalid bind address: %s", spec);
+            return -1;
+        }
+        memcpy(host, spec + 1, (size_t)(rb - spec - 1));
+        host[rb - spec - 1] = '\0';
+        colon = rb[1] == ':' ? rb + 1 : NULL;
+    } else {
+        colon = strrchr(spec, ':');
+        size_t hl = colon ? (size_t)(colon - spec) : strlen(spec);
+        if (hl >= sizeof(host)) {
+            snprintf(err, errlen, "invalid bind address: %s", spec);
+            return -1;
+        }
+        memcpy(host, spec, hl);
+        host[hl] = '\0';
+        if (hl == 0)
+            strcpy(host, "0.0.0.0");
+    }
+    if (colon) {
+        const char *p = colon + 1;
+        size_t pl = strlen(p);
+        if (pl == 0 || pl >= sizeof(port) || strspn(p, "0123456789") != pl || atoi(p) > 65535) {
+            snprintf(err, errlen, "invalid port in bind address: %s", spec);
+            return -1;
+        }
+        strcpy(port, p);
+    }
+
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV}, *res;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", spec, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        freeaddrinfo(res);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (res->ai_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
+        snprintf(err, errlen, "cannot bind %s: %s", spec, strerror(errno));
+        close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    out->family = res->ai_family;
+    freeaddrinfo(res);
+
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char addr[INET6_ADDRSTRLEN] = "?";
+    int bound_port = 0;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &s6->sin6_addr, addr, sizeof(addr));
+            bound_port = ntohs(s6->sin6_port);
+        } else {
+            struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &s4->sin_addr, addr, sizeof(addr));
+            bound_port = ntohs(s4->sin_port);
+        }
+    }
+    out->fd = fd;
+    if (out->family == AF_INET6)
+        snprintf(out->display, sizeof(out->display), "http://[%s]:%d", addr, bound_port);
+    else
+        snprintf(out->display, sizeof(out->display), "http://%s:%d", addr, bound_port);
+    snprintf(out->server_name, sizeof(out->server_name), "%s", addr);
+    snprintf(out->server_port, sizeof(out->server_port), "%d", bound_port);
+    return 0;
+}
+
+void cs_listener_close(cs_listener *l)
+{
+    if (l->fd >= 0)
+        close(l->fd);
+    l->fd = -1;
+    if (l->unix_path) {
+        unlink(l->unix_path);
+        free(l->unix_path);
+        l->unix_path = NULL;
+    }
+}

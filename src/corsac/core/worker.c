@@ -1,0 +1,293 @@
+/* worker.c - a worker: listeners on the loop, signals, the app thread pool.
+ *
+ * Threading: with --threads 1 the loop thread runs handlers inline and holds
+ * the GIL except while blocked in epoll_wait (taken once per batch of
+ * events).  With --threads N the loop thread never touches the GIL: it
+ * parses, frames and writes, and hands ready requests to N pool threads. */
+#include <Python.h>
+
+#include "conn.h"
+#include "log.h"
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define SWEEP_MS 200
+
+/* Worker state reachable from the signal handler: its only way out. */
+static int sig_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    if (write(sig_pipe[1], &b, 1) < 0) {
+        /* pipe full: a stop is already pending */
+    }
+    errno = saved;
+}
+
+static void *gil_unlock(void) { return PyEval_SaveThread(); }
+static void gil_relock(void *ts) { PyEval_RestoreThread(ts); }
+
+/* Inline mode: hold the GIL for a whole batch of events. */
+static PyThreadState *loop_ts;
+static void before_wait(void *data) { (void)data; loop_ts = PyEval_SaveThread(); }
+static void after_wait(void *data) { (void)data; PyEval_RestoreThread(loop_ts); }
+
+static void stop_accepting(cs_worker *w)
+{
+    for (int i = 0; i < w->nlisteners; i++)
+        cs_loop_watch(w->loop, &w->lio[i].io, 0);
+}
+
+static void begin_stop(cs_worker *w, int sig)
+{
+    if (sig == SIGQUIT || atomic_load(&w->stopping)) {
+        cs_log(CS_LOG_INFO, "Handling signal: %s; stopping now", sig == SIGQUIT ? "quit" : "repeated stop");
+        w->quitting = 1;
+        cs_loop_stop(w->loop);
+        return;
+    }
+    cs_log(CS_LOG_INFO, "Handling signal: %s; finishing in-flight requests (up to %.0f s)",
+           sig == SIGINT ? "int" : "term", w->graceful_ms / 1000.0);
+    atomic_store(&w->stopping, 1);
+    w->stop_deadline = cs_now_ms() + w->graceful_ms;
+    stop_accepting(w);
+}
+
+static void sig_io(cs_loop *loop, cs_io *io, uint32_t events)
+{
+    cs_worker *w = (cs_worker *)((char *)io - offsetof(cs_worker, sig));
+    unsigned char buf[16];
+    (void)loop;
+    (void)events;
+    ssize_t n = read(io->fd, buf, sizeof(buf));
+    for (ssize_t i = 0; i < n; i++)
+        begin_stop(w, buf[i]);
+}
+
+static void listen_io(cs_loop *loop, cs_io *io, uint32_t events)
+{
+    cs_listen_io *lio = (cs_listen_io *)io;
+    (void)loop;
+    (void)events;
+    cs_conn_accept(lio->w, lio);
+}
+
+/* Pool threads hand connections back through the done list + eventfd. */
+static void wake_io(cs_loop *loop, cs_io *io, uint32_t events)
+{
+    cs_worker *w = (cs_worker *)((char *)io - offsetof(cs_worker, wake));
+    uint64_t v;
+    (void)loop;
+    (void)events;
+    if (read(io->fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+        cs_log(CS_LOG_ERROR, "worker: eventfd read: %s", strerror(errno));
+    pthread_mutex_lock(&w->mu);
+    cs_conn *c = w->done;
+    w->done = NULL;
+    pthread_mutex_unlock(&w->mu);
+    while (c) {
+        cs_conn *next = *cs_conn_qnext(c);
+        *cs_conn_qnext(c) = NULL;
+        cs_conn_resume(c);
+        c = next;
+    }
+}
+
+void cs_worker_submit(cs_worker *w, cs_conn *c)
+{
+    pthread_mutex_lock(&w->mu);
+    *cs_conn_qnext(c) = NULL;
+    if (w->jobs_tail)
+        *cs_conn_qnext(w->jobs_tail) = c;
+    else
+        w->jobs_head = c;
+    w->jobs_tail = c;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void *pool_main(void *arg)
+{
+    cs_worker *w = arg;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyThreadState *ts = PyEval_SaveThread();
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        while (!w->jobs_head && !w->pool_exit)
+            pthread_cond_wait(&w->cv, &w->mu);
+        cs_conn *c = w->jobs_head;
+        if (!c) {
+            pthread_mutex_unlock(&w->mu);
+            break;
+        }
+        w->jobs_head = *cs_conn_qnext(c);
+        if (!w->jobs_head)
+            w->jobs_tail = NULL;
+        w->busy++;
+        pthread_mutex_unlock(&w->mu);
+
+        PyEval_RestoreThread(ts);
+        cs_conn_run(c);
+        ts = PyEval_SaveThread();
+
+        pthread_mutex_lock(&w->mu);
+        *cs_conn_qnext(c) = w->done;
+        w->done = c;
+        w->busy--;
+        pthread_mutex_unlock(&w->mu);
+        uint64_t one = 1;
+        if (write(w->wake.fd, &one, sizeof(one)) < 0)
+            cs_log(CS_LOG_ERROR, "worker: eventfd write: %s", strerror(errno));
+    }
+    PyEval_RestoreThread(ts);
+    PyGILState_Release(g);
+    return NULL;
+}
+
+static void sweep(cs_loop *loop, void *data)
+{
+    cs_worker *w = data;
+    cs_conn_sweep(w);
+    if (atomic_load(&w->stopping)) {
+        if (w->nconns == 0)
+            cs_loop_stop(loop);
+        else if (cs_now_ms() >= w->stop_deadline) {
+            cs_log(CS_LOG_WARNING, "graceful timeout: dropping %zu connections", w->nconns);
+            cs_loop_stop(loop);
+        }
+    }
+}
+
+static int start_pool(cs_worker *w)
+{
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0) {
+        cs_log(CS_LOG_ERROR, "worker: eventfd: %s", strerror(errno));
+        return -1;
+    }
+    w->wake = (cs_io){.fd = efd, .fn = wake_io};
+    if (cs_loop_watch(w->loop, &w->wake, EPOLLIN) < 0)
+        return -1;
+    w->pool = calloc((size_t)w->threads, sizeof(pthread_t));
+    if (!w->pool) {
+        cs_log(CS_LOG_ERROR, "worker: out of memory for %d threads", w->threads);
+        return -1;
+    }
+    /* signals belong to the loop thread */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (int i = 0; i < w->threads; i++) {
+        int rc = pthread_create(&w->pool[i], NULL, pool_main, w);
+        if (rc) {
+            cs_log(CS_LOG_ERROR, "worker: cannot start app thread %d: %s", i, strerror(rc));
+            w->threads = i;
+            break;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return w->threads > 0 ? 0 : -1;
+}
+
+static int stop_pool(cs_worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->pool_exit = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    for (int i = 0; i < w->threads && w->pool; i++)
+        pthread_join(w->pool[i], NULL);
+    free(w->pool);
+    w->pool = NULL;
+    return 0;
+}
+
+int cs_worker_run(cs_worker *w)
+{
+    int rc = 1, pooled = w->threads > 1;
+    struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term, old_quit, ign = {.sa_handler = SIG_IGN},
+                     old_pipe;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    atomic_init(&w->stopping, 0);
+    w->sig.fd = -1;
+    w->wake.fd = -1;
+    if (!(w->loop = cs_loop_new()))
+        return 1;
+    if (pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+        cs_log(CS_LOG_ERROR, "worker: pipe: %s", strerror(errno));
+        goto out;
+    }
+    w->sig = (cs_io){.fd = sig_pipe[0], .fn = sig_io};
+    if (cs_loop_watch(w->loop, &w->sig, EPOLLIN) < 0)
+        goto out;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGQUIT, &sa, &old_quit);
+    sigaction(SIGPIPE, &ign, &old_pipe);
+
+    for (int i = 0; i < w->nlisteners; i++) {
+        w->lio[i].io = (cs_io){.fd = w->lio[i].l->fd, .fn = listen_io};
+        w->lio[i].w = w;
+        if (cs_loop_watch(w->loop, &w->lio[i].io, EPOLLIN) < 0)
+            goto restore;
+    }
+    cs_loop_every(w->loop, SWEEP_MS, sweep, w);
+    w->unlock = gil_unlock;
+    w->relock = gil_relock;
+
+    PyThreadState *ts = NULL;
+    if (pooled) {
+        ts = PyEval_SaveThread();
+        if (start_pool(w) < 0) {
+            PyEval_RestoreThread(ts);
+            goto restore;
+        }
+    } else {
+        cs_loop_set_wait_hooks(w->loop, before_wait, after_wait, NULL);
+    }
+    rc = cs_loop_run(w->loop) < 0 ? 1 : 0;
+
+    if (pooled) {
+        pthread_mutex_lock(&w->mu);
+        int busy = w->busy;
+        pthread_mutex_unlock(&w->mu);
+        if (busy) {
+            /* handlers are still running app code past the graceful timeout:
+             * their threads cannot be joined, so leave without them */
+            cs_log(CS_LOG_WARNING, "Exiting with %d requests still running", busy);
+            fflush(NULL);
+            _exit(rc);
+        }
+        stop_pool(w);
+        PyEval_RestoreThread(ts);
+    }
+    cs_conn_close_all(w);
+restore:
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGQUIT, &old_quit, NULL);
+    sigaction(SIGPIPE, &old_pipe, NULL);
+out:
+    if (w->wake.fd >= 0)
+        close(w->wake.fd);
+    if (sig_pipe[0] >= 0) {
+        close(sig_pipe[0]);
+        close(sig_pipe[1]);
+        sig_pipe[0] = sig_pipe[1] = -1;
+    }
+    cs_loop_free(w->loop);
+    w->loop = NULL;
+    return rc;
+}

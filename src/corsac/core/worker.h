@@ -1,0 +1,75 @@
+/* worker.h - one worker process: the I/O loop, its listeners, its
+ * connections and (with --threads > 1) the app thread pool.
+ *
+ * The worker state is the one place besides the arbiter that holds
+ * process-wide state.  conn.c reads the settings and the hooks from here. */
+#ifndef CORSAC_WORKER_H
+#define CORSAC_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "loop.h"
+#include "parser.h"
+#include "request.h"
+#include "sock.h"
+
+typedef struct cs_conn cs_conn;
+typedef struct cs_worker cs_worker;
+
+/* Handler called in app context for every complete request. */
+typedef void cs_handler_fn(cs_req *req, void *data);
+
+typedef struct {
+    cs_io io;
+    cs_listener *l;
+    cs_worker *w;
+} cs_listen_io;
+
+struct cs_worker {
+    cs_loop *loop;
+    const cs_config *cfg;
+    cs_limits limits;
+    size_t max_head;                /* largest head the limits allow */
+    uint64_t keepalive_ms, header_ms, body_ms, graceful_ms;
+    uint64_t body_limit;            /* 0: none */
+    cs_listen_io *lio;
+    int nlisteners;
+    int threads;                    /* 1: handlers run inline on the loop thread */
+
+    cs_conn *conns;                 /* every open connection (loop thread only) */
+    size_t nconns;
+    uint64_t accept_paused_until;   /* after EMFILE: resume accepting then */
+
+    atomic_int stopping;            /* graceful stop requested */
+    int quitting;                   /* fast stop */
+    uint64_t stop_deadline;
+
+    cs_handler_fn *handler;
+    void *handler_data;
+    /* Release and retake the GIL around blocking waits in app context. */
+    void *(*unlock)(void);
+    void (*relock)(void *token);
+
+    /* thread pool (threads > 1) */
+    pthread_t *pool;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    cs_conn *jobs_head, *jobs_tail; /* ready requests waiting for a thread */
+    cs_conn *done;                  /* handed back to the loop */
+    int pool_exit;
+    int busy;                       /* pool threads inside a handler */
+    cs_io wake;                     /* eventfd: pool -> loop */
+    cs_io sig;                      /* self-pipe: signal handler -> loop */
+};
+
+/* Serve until stopped by SIGTERM/SIGINT (graceful) or SIGQUIT.  Returns the
+ * process exit code.  Called with the GIL held; returns with it held. */
+int cs_worker_run(cs_worker *w);
+
+/* Queue a ready connection for the pool (loop thread). */
+void cs_worker_submit(cs_worker *w, cs_conn *c);
+
+#endif
