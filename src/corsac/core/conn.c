@@ -248,8 +248,13 @@ static int drain_to(cs_conn *c, size_t low)
     return 0;
 }
 
-/* Write iov fully or queue what the socket does not take now. */
-static int conn_write(cs_conn *c, struct iovec *iov, int n)
+/* Write iov fully or queue what the socket does not take now.  With
+ * may_block (app context, more body to come) wait for the queue to drain
+ * below OUT_LOW once it passes OUT_HIGH: that is the backpressure that keeps
+ * a streaming app from outrunning a slow client.  A final piece is queued
+ * whole and drained by the loop, so the app (and with --threads 1 the loop)
+ * is never held by a slow reader once the body is complete. */
+static int conn_write(cs_conn *c, struct iovec *iov, int n, int may_block)
 {
     if (c->broken)
         return -1;
@@ -277,7 +282,7 @@ static int conn_write(cs_conn *c, struct iovec *iov, int n)
     for (; i < n; i++)
         if (iov[i].iov_len && queue_mem(c, iov[i].iov_base, iov[i].iov_len))
             return -1;
-    if (c->in_app && c->out_bytes > OUT_HIGH)
+    if (may_block && c->in_app && c->out_bytes > OUT_HIGH)
         return drain_to(c, OUT_LOW);
     return 0;
 }
@@ -312,7 +317,7 @@ static void send_error(cs_conn *c, int status)
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
                      status, reason, http_date(), strlen(reason) + 1, reason);
     struct iovec v = {buf, (size_t)n};
-    conn_write(c, &v, 1);
+    conn_write(c, &v, 1, 0);
     c->closing = 1;
     c->have_req = 0;
 }
@@ -494,7 +499,7 @@ static ssize_t h1_read(cs_req *r, char *buf, size_t n)
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         struct iovec v = {(void *)cont, sizeof(cont) - 1};
         c->continue_sent = 1;
-        if (conn_write(c, &v, 1) < 0) {
+        if (conn_write(c, &v, 1, 0) < 0) {
             r->body_error = CS_BODY_GONE;
             return -1;
         }
@@ -707,7 +712,7 @@ static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, in
             c->closing = 1;
         }
     }
-    int rc = k ? conn_write(c, v, k) : 0;
+    int rc = k ? conn_write(c, v, k, !fin) : 0;
     free(heap);
     return rc;
 }
@@ -729,7 +734,7 @@ static int h1_sendfile(cs_req *r, const cs_resp_head *h, int fd, off_t off, uint
         char sizeline[24];
         struct iovec v = {sizeline, (size_t)snprintf(sizeline, sizeof(sizeline), "%llx\r\n",
                                                      (unsigned long long)len)};
-        if (conn_write(c, &v, 1) < 0) {
+        if (conn_write(c, &v, 1, 0) < 0) {
             close(fd);
             return -1;
         }
@@ -744,7 +749,7 @@ static int h1_sendfile(cs_req *r, const cs_resp_head *h, int fd, off_t off, uint
         return -1;
     if (c->resp_mode == R_CHUNKED) {
         struct iovec v = {(void *)"\r\n0\r\n\r\n", 7};
-        if (conn_write(c, &v, 1) < 0)
+        if (conn_write(c, &v, 1, 0) < 0)
             return -1;
     }
     c->resp_done = 1;
@@ -913,7 +918,10 @@ static void conn_io(cs_loop *loop, cs_io *io, uint32_t events)
             conn_free(c);
             break;
         }
+        size_t before = c->out_bytes;
         int r = flush_out(c);
+        if (c->out_bytes < before)     /* a stall timeout, not a deadline for the whole body */
+            c->deadline = cs_now_ms() + c->w->body_ms;
         if (r < 0)
             conn_free(c);
         else if (r > 0) {

@@ -198,11 +198,12 @@ int cs_parse_request(const char *buf, size_t len, cs_request *req,
         return CS_PARSE_AGAIN;
 
     /* request line */
+    /* limits may be huge: compare by subtraction so nothing wraps */
     size_t avail = (size_t)(end - p);
-    size_t scan = lim->max_request_line + 2 < avail ? lim->max_request_line + 2 : avail;
+    size_t scan = avail >= 2 && avail - 2 > lim->max_request_line ? lim->max_request_line + 2 : avail;
     const unsigned char *lf = memchr(p, '\n', scan);
     if (!lf) {
-        if (avail > lim->max_request_line + 1)
+        if (avail - 1 > lim->max_request_line)
             FAIL(414, "request line too long");
         /* fail early on garbage so a bare-LF-free stream cannot sit unparsed */
         for (const unsigned char *q = p; q < end; q++)
@@ -261,10 +262,10 @@ int cs_parse_request(const char *buf, size_t len, cs_request *req,
             FAIL(400, "obsolete line folding");
 
         avail = (size_t)(end - p);
-        scan = lim->max_field_size + 2 < avail ? lim->max_field_size + 2 : avail;
+        scan = avail >= 2 && avail - 2 > lim->max_field_size ? lim->max_field_size + 2 : avail;
         lf = memchr(p, '\n', scan);
         if (!lf) {
-            if (avail > lim->max_field_size + 1)
+            if (avail - 1 > lim->max_field_size)
                 FAIL(431, "header field too long");
             for (q = p; q + 1 < end; q++)
                 if (*q == '\r')
@@ -330,7 +331,8 @@ int cs_parse_request(const char *buf, size_t len, cs_request *req,
             }
             break;
         case 6:
-            if (LIT_EQ(name, 6, "expect") && LIT_EQ(val, vlen, "100-continue"))
+            /* RFC 9110 10.1.1: ignored in HTTP/1.0 */
+            if (LIT_EQ(name, 6, "expect") && LIT_EQ(val, vlen, "100-continue") && req->minor_version == 1)
                 req->expect_continue = 1;
             break;
         case 7:

@@ -102,9 +102,17 @@ static void log_exception(cs_wsgi *w, const char *what, PyObject *environ)
             uri = PyUnicode_AsUTF8(u);
         PyErr_Clear();
     }
-    cs_log(CS_LOG_ERROR, "%s %s %s", what, method ? method : "?", uri ? uri : "?");
-    if (!exc)
+    if (!exc) {
+        cs_log(CS_LOG_ERROR, "%s %s %s", what, method ? method : "?", uri ? uri : "?");
         return;
+    }
+    /* the reason on the ERROR line itself, the traceback after it */
+    PyObject *msg = PyObject_Str(exc);
+    const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
+    cs_log(CS_LOG_ERROR, "%s %s %s: %s: %.500s", what, method ? method : "?", uri ? uri : "?",
+           Py_TYPE(exc)->tp_name, m ? m : "?");
+    Py_XDECREF(msg);
+    PyErr_Clear();
     PyObject *lines = PyObject_CallOneArg(w->format_exception, exc);
     if (lines) {
         PyObject *sep = PyUnicode_FromString("");
@@ -259,37 +267,45 @@ static PyObject *input_read(Input *self, PyObject *const *args, Py_ssize_t nargs
 
 static PyObject *readline_impl(Input *self, Py_ssize_t limit)
 {
+    char *acc = NULL;          /* only for lines that span refills */
+    size_t used = 0;
     PyObject *out = NULL;
-    Py_ssize_t used = 0;
     for (;;) {
         if (self->pos < self->len) {
             size_t avail = self->len - self->pos;
-            if (limit >= 0 && (Py_ssize_t)avail > limit - used)
-                avail = (size_t)(limit - used);
-            const char *nl = memchr(self->buf + self->pos, '\n', avail);
-            size_t take = nl ? (size_t)(nl - (self->buf + self->pos)) + 1 : avail;
-            if (!out) {
-                out = PyBytes_FromStringAndSize(self->buf + self->pos, (Py_ssize_t)take);
-                if (!out)
-                    return NULL;
-            } else {
-                if (_PyBytes_Resize(&out, used + (Py_ssize_t)take) < 0)
-                    return NULL;
-                memcpy(PyBytes_AS_STRING(out) + used, self->buf + self->pos, take);
+            if (limit >= 0 && avail > (size_t)limit - used)
+                avail = (size_t)limit - used;
+            const char *start = self->buf + self->pos;
+            const char *nl = memchr(start, '\n', avail);
+            size_t take = nl ? (size_t)(nl - start) + 1 : avail;
+            int done = nl || (limit >= 0 && used + take >= (size_t)limit);
+            if (done && !acc) {
+                self->pos += take;
+                return PyBytes_FromStringAndSize(start, (Py_ssize_t)take);
             }
-            used += (Py_ssize_t)take;
+            char *grown = PyMem_Realloc(acc, used + take ? used + take : 1);
+            if (!grown) {
+                PyMem_Free(acc);
+                return PyErr_NoMemory();
+            }
+            acc = grown;
+            memcpy(acc + used, start, take);
+            used += take;
             self->pos += take;
-            if (nl || (limit >= 0 && used >= limit))
-                return out;
+            if (done)
+                break;
         }
         int r = input_fill(self);
         if (r < 0) {
-            Py_XDECREF(out);
+            PyMem_Free(acc);
             return NULL;
         }
         if (r == 0)
-            return out ? out : PyBytes_FromStringAndSize(NULL, 0);
+            break;
     }
+    out = PyBytes_FromStringAndSize(acc ? acc : "", (Py_ssize_t)used);
+    PyMem_Free(acc);
+    return out;
 }
 
 static PyObject *input_readline(Input *self, PyObject *const *args, Py_ssize_t nargs)
