@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""Throughput/latency benchmark: Corsac against other Python app servers.
+
+Runs the same apps on Corsac, gunicorn (sync and gthread), Granian (WSGI)
+and, as a ceiling for the hello scenarios, nginx answering from its config.
+Every server gets one worker process pinned to one CPU; wrk is pinned to
+another CPU. Servers run one after another, never concurrently.
+
+The script only prints numbers and ratios; it never fails on a slow result.
+See bench/README.md.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
+import benchlib as bl  # noqa: E402
+
+SCENARIOS = {
+    "hello": {
+        "app": "hello:app", "path": "/", "expect": b"Hello, World!",
+        "pipeline": False, "nginx": True,
+        "about": "GET / on a bare WSGI app (13-byte text body), keep-alive",
+    },
+    "hello-pipelined": {
+        "app": "hello:app", "path": "/", "expect": b"Hello, World!",
+        "pipeline": True, "nginx": True,
+        "about": "same app, HTTP/1.1 pipelining: {depth} requests per write",
+    },
+    "flask-json": {
+        "app": "flask_json:app", "path": "/json", "expect": b"Hello, World!",
+        "pipeline": False, "nginx": False,
+        "about": "GET /json on a Flask app returning jsonify(...)",
+    },
+}
+
+SERVERS = ["corsac", "gunicorn-sync", "gunicorn-gthread", "granian", "nginx"]
+ALIASES = {"gunicorn": ["gunicorn-sync", "gunicorn-gthread"],
+           "all": SERVERS}
+
+# Targets from the project plan (printed for information only).
+TARGETS = {"granian": 1.5, "gunicorn-sync": 3.0, "nginx": 0.9}
+MAX_OVER_AVG_TARGET = 3.0
+
+
+def parse_list(text, known, aliases=None, what="name"):
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        names = (aliases or {}).get(item, [item])
+        for n in names:
+            if n not in known:
+                raise SystemExit("unknown %s %r (choose from: %s)"
+                                 % (what, n, ", ".join(list(known) + list(aliases or {}))))
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def build_args():
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + " Prints a table per scenario.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--only", default="all",
+                   help="comma-separated servers: " + ", ".join(SERVERS)
+                   + " ('gunicorn' = both gunicorn variants)")
+    p.add_argument("--scenario", default=",".join(SCENARIOS),
+                   help="comma-separated scenarios: " + ", ".join(SCENARIOS))
+    p.add_argument("--duration", type=int, default=10,
+                   help="seconds per measured wrk run")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="seconds of unmeasured wrk load before each run (0 = none)")
+    p.add_argument("--connections", type=int, default=64, help="wrk -c")
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk -t")
+    p.add_argument("--depth", type=int, default=16,
+                   help="requests per write in hello-pipelined")
+    p.add_argument("--server-cpu", default="0",
+                   help="CPU list for the server (taskset -c); '' = no pinning")
+    p.add_argument("--wrk-cpu", default="1",
+                   help="CPU list for wrk (taskset -c); '' = no pinning")
+    p.add_argument("--gthread-threads", type=int, default=4,
+                   help="threads for gunicorn's gthread worker")
+    p.add_argument("--granian-blocking-threads", type=int, default=2,
+                   help="Granian --blocking-threads (threads running the WSGI app); "
+                   "0 = Granian's own default (backpressure/2)")
+    p.add_argument("--granian-pipeline-flush", action="store_true",
+                   help="pass --http1-pipeline-flush to Granian (experimental in Granian)")
+    p.add_argument("--corsac-python", default=None,
+                   help="interpreter for `-m corsac` (default: this one if it can "
+                   "import corsac, else <repo>/.venv/bin/python)")
+    p.add_argument("--start-timeout", type=float, default=30,
+                   help="seconds to wait for a server to answer")
+    p.add_argument("--json", metavar="FILE", help="also write all results as JSON")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print commands and raw wrk output")
+    return p
+
+
+class Runner:
+    def __init__(self, args, tmpdir):
+        self.args = args
+        self.tmpdir = tmpdir
+        self.wrk = bl.find_tool("wrk")
+        self._tools = {}
+
+    def tool(self, name):
+        if name not in self._tools:
+            if name == "corsac":
+                self._tools[name] = bl.corsac_python(self.args.corsac_python)
+            elif name == "nginx":
+                self._tools[name] = bl.nginx_binary()
+            else:
+                self._tools[name] = bl.find_tool(name)
+        return self._tools[name]
+
+    def command(self, server, sc, port):
+        """Command line for server on scenario sc; raises bl.Skip when impossible."""
+        a = self.args
+        if server == "corsac":
+            py = self.tool("corsac")
+            if not py:
+                raise bl.Skip("corsac not importable (tried %s)" % (
+                    a.corsac_python or "this python and <repo>/.venv/bin/python"))
+            return bl.corsac_cmd(py, sc["app"], port, threads=1)
+        if server in ("gunicorn-sync", "gunicorn-gthread"):
+            g = self.tool("gunicorn")
+            if not g:
+                raise bl.Skip("gunicorn not installed (pip install gunicorn)")
+            if server == "gunicorn-sync":
+                return bl.gunicorn_cmd(g, sc["app"], port, "sync")
+            return bl.gunicorn_cmd(g, sc["app"], port, "gthread", a.gthread_threads)
+        if server == "granian":
+            g = self.tool("granian")
+            if not g:
+                raise bl.Skip("granian not installed (pip install granian)")
+            return bl.granian_cmd(g, sc["app"], port, a.granian_blocking_threads,
+                                  a.granian_pipeline_flush and sc["pipeline"])
+        if server == "nginx":
+            if not sc["nginx"]:
+                raise bl.Skip("nginx only serves the static hello scenarios")
+            n = self.tool("nginx")
+            if not n:
+                raise bl.Skip("nginx not installed (apt-get install nginx-light)")
+            d = tempfile.mkdtemp(prefix="nginx-", dir=self.tmpdir)
+            return bl.nginx_cmd(n, port, d)
+        raise AssertionError(server)
+
+    def wrk_run(self, sc, port, duration):
+        a = self.args
+        url = "http://%s:%d%s" % (bl.HOST, port, sc["path"])
+        cmd = bl.wrk_cmd(self.wrk, url, duration, a.connections, a.wrk_threads,
+                         lua=bl.PIPELINE_LUA if sc["pipeline"] else None,
+                         lua_args=[a.depth] if sc["pipeline"] else (),
+                         cpu=a.wrk_cpu)
+        if a.verbose:
+            print("    $ " + " ".join(cmd), flush=True)
+        res, raw = bl.run_wrk(cmd)
+        if a.verbose:
+            print("\n".join("    | " + l for l in raw.rstrip().splitlines()), flush=True)
+        return res
+
+    def bench_one(self, server, sc_name):
+        """Returns a result dict, or {'skip': reason} / {'error': reason}."""
+        sc = SCENARIOS[sc_name]
+        port = bl.free_port()
+        try:
+            cmd = self.command(server, sc, port)
+        except bl.Skip as e:
+            return {"skip": str(e)}
+        log = os.path.join(self.tmpdir, "%s-%s.log" % (server, sc_name))
+        if self.args.verbose:
+            print("    $ " + " ".join(cmd), flush=True)
+        srv = bl.Server(server, cmd, port, log, cpu=self.args.server_cpu)
+        try:
+            try:
+                srv.wait_ready(sc["path"], sc["expect"], self.args.start_timeout)
+            except RuntimeError as e:
+                tail = srv.log_tail()
+                return {"error": str(e) + ("\n" + tail if tail else "")}
+            if self.args.warmup > 0:
+                self.wrk_run(sc, port, self.args.warmup)
+            res = self.wrk_run(sc, port, self.args.duration)
+            if srv.proc.poll() is not None:
+                res["note"] = "server exited during the run"
+            return res
+        except RuntimeError as e:
+            return {"error": str(e)}
+        finally:
+            srv.stop()
+
+
+def ratio(a, b):
+    if not a or not b:
+        return None
+    return a / b
+
+
+def fmt_ratio(r):
+    return "-" if r is None else "%.2fx" % r
+
+
+def print_scenario(sc_name, results, args):
+    sc = SCENARIOS[sc_name]
+    corsac = results.get("corsac", {})
+    c_rps = corsac.get("rps")
+    rows, notes = [], []
+    for server, res in results.items():
+        if "skip" in res:
+            notes.append("%s: skipped - %s" % (server, res["skip"]))
+            continue
+        if "error" in res:
+            notes.append("%s: FAILED - %s" % (server, res["error"]))
+            continue
+        mx_avg = ratio(res["lat_max_ms"], res["lat_avg_ms"])
+        rows.append([
+            server,
+            "{:,.0f}".format(res["rps"]),
+            bl.fmt_ms(res["lat_avg_ms"]),
+            # wrk's percentile table is not trustworthy with pipelining.
+            "-" if sc["pipeline"] else bl.fmt_ms(res["percentiles_ms"].get(99)),
+            bl.fmt_ms(res["lat_max_ms"]),
+            fmt_ratio(mx_avg),
+            bl.error_summary(res),
+            "-" if server == "corsac" else fmt_ratio(ratio(c_rps, res["rps"])),
+        ])
+        if res.get("note"):
+            notes.append("%s: %s" % (server, res["note"]))
+        if res.get("no_latency"):
+            notes.append("%s: wrk recorded no latency (the server closed each "
+                         "connection before answering a whole pipeline batch)" % server)
+    print()
+    print("== %s: %s" % (sc_name, sc["about"].format(depth=args.depth)))
+    print("   wrk -t%d -c%d -d%ds (+%ds warm-up), server on CPU %s, wrk on CPU %s"
+          % (args.wrk_threads, args.connections, args.duration, args.warmup,
+             args.server_cpu or "any", args.wrk_cpu or "any"))
+    if rows:
+        print(bl.fmt_table(["server", "req/s", "avg lat", "p99 lat", "max lat",
+                            "max/avg", "errors", "corsac/peer"], rows,
+                           align="lrrrrrlr"))
+    for n in notes:
+        print("   note: " + n.replace("\n", "\n         "))
+    if c_rps and sc_name == "hello":
+        met = {}
+        lines = []
+        for peer, want in TARGETS.items():
+            r = ratio(c_rps, results.get(peer, {}).get("rps"))
+            if r is not None:
+                met[peer] = r >= want
+                lines.append("     corsac vs %s %.2fx (want >= %.1fx: %s)"
+                             % (peer, r, want, "met" if met[peer] else "not met"))
+        if lines:
+            print("   targets (>= 1.5x granian and >= 3x gunicorn-sync, "
+                  "or >= 0.9x nginx):")
+            print("\n".join(lines))
+            if met.get("nginx") or (met.get("granian") and met.get("gunicorn-sync")):
+                overall = "met"
+            elif "nginx" in met and "granian" in met and "gunicorn-sync" in met:
+                overall = "not met"
+            else:
+                overall = "undecided (not all peers measured)"
+            print("     overall: " + overall)
+    if "lat_max_ms" in corsac:
+        r = ratio(corsac["lat_max_ms"], corsac["lat_avg_ms"])
+        if r is not None:
+            print("   corsac max/avg latency %.2fx (want <= %.0fx: %s)"
+                  % (r, MAX_OVER_AVG_TARGET, "met" if r <= MAX_OVER_AVG_TARGET else "not met"))
+    sys.stdout.flush()
+
+
+def main(argv=None):
+    args = build_args().parse_args(argv)
+    servers = parse_list(args.only, SERVERS, ALIASES, "server")
+    scenarios = parse_list(args.scenario, SCENARIOS, None, "scenario")
+    if not servers or not scenarios:
+        raise SystemExit("nothing to run")
+    if args.duration < 1 or args.warmup < 0:
+        raise SystemExit("--duration must be >= 1 and --warmup >= 0 (whole seconds)")
+    bl.install_signal_handlers()
+
+    all_results = {}
+    with tempfile.TemporaryDirectory(prefix="corsac-bench-") as tmpdir:
+        runner = Runner(args, tmpdir)
+        if not runner.wrk:
+            raise SystemExit("wrk not found (apt-get install wrk)")
+        if not bl.taskset_prefix("0"):
+            print("warning: taskset not found; servers and wrk are not pinned",
+                  file=sys.stderr)
+        print("corsac bench: python %s, wrk %s, %d CPUs, %s"
+              % (sys.executable, runner.wrk, os.cpu_count() or 0,
+                 time.strftime("%Y-%m-%d %H:%M:%S")))
+        try:
+            for sc_name in scenarios:
+                results = {}
+                for server in servers:
+                    print("-- %s / %s ..." % (sc_name, server), flush=True)
+                    results[server] = runner.bench_one(server, sc_name)
+                all_results[sc_name] = results
+                print_scenario(sc_name, results, args)
+                print()
+        except KeyboardInterrupt:
+            print("\ninterrupted; servers stopped", file=sys.stderr)
+            return 130
+        finally:
+            bl.stop_all()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": all_results}, f, indent=2)
+        print("results written to %s" % args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
