@@ -249,11 +249,11 @@ static int drain_to(cs_conn *c, size_t low)
 }
 
 /* Write iov fully or queue what the socket does not take now.  With
- * may_block (app context, more body to come) wait for the queue to drain
- * below OUT_LOW once it passes OUT_HIGH: that is the backpressure that keeps
- * a streaming app from outrunning a slow client.  A final piece is queued
- * whole and drained by the loop, so the app (and with --threads 1 the loop)
- * is never held by a slow reader once the body is complete. */
+ * may_block (app context, more body to come) and more than OUT_HIGH queued,
+ * apply backpressure: a pool thread waits for the queue to drain below
+ * OUT_LOW; on the loop thread (--threads 1) a handler that can yield
+ * (may_block == 2) gets 1 back and is resumed later, so one slow reader never
+ * freezes the worker.  A final piece is queued whole and drained by the loop. */
 static int conn_write(cs_conn *c, struct iovec *iov, int n, int may_block)
 {
     if (c->broken)
@@ -282,8 +282,11 @@ static int conn_write(cs_conn *c, struct iovec *iov, int n, int may_block)
     for (; i < n; i++)
         if (iov[i].iov_len && queue_mem(c, iov[i].iov_base, iov[i].iov_len))
             return -1;
-    if (may_block && c->in_app && c->out_bytes > OUT_HIGH)
+    if (may_block && c->in_app && c->out_bytes > OUT_HIGH) {
+        if (may_block == 2 && c->w->threads == 1)
+            return 1;            /* inline: yield instead of freezing the loop */
         return drain_to(c, OUT_LOW);
+    }
     return 0;
 }
 
@@ -631,8 +634,9 @@ static size_t build_head(cs_conn *c, const cs_resp_head *h, const struct iovec *
     return (size_t)(p - buf);
 }
 
-static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, int iovcnt, int fin)
+static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, int iovcnt, int flags)
 {
+    int fin = flags & CS_SEND_FIN;
     cs_conn *c = from_req(r);
     struct iovec v[MAX_IOV + 4];
     char stackhead[4096], sizeline[24];
@@ -642,9 +646,10 @@ static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, in
         return -1;
     if (iovcnt > MAX_IOV) {
         /* split: the bridge never hands over more than MAX_IOV, but stay safe */
-        if (h1_send(r, h, iov, MAX_IOV, 0) < 0)
+        int rc = h1_send(r, h, iov, MAX_IOV, fin ? CS_SEND_MAY_SUSPEND : 0);
+        if (rc < 0)
             return -1;
-        return h1_send(r, NULL, iov + MAX_IOV, iovcnt - MAX_IOV, fin);
+        return h1_send(r, NULL, iov + MAX_IOV, iovcnt - MAX_IOV, flags);
     }
     if (h) {
         size_t need = head_size(h);
@@ -712,7 +717,7 @@ static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, in
             c->closing = 1;
         }
     }
-    int rc = k ? conn_write(c, v, k, !fin) : 0;
+    int rc = k ? conn_write(c, v, k, fin ? 0 : (flags & CS_SEND_MAY_SUSPEND) ? 2 : 1) : 0;
     free(heap);
     return rc;
 }
@@ -728,7 +733,7 @@ static int h1_sendfile(cs_req *r, const cs_resp_head *h, int fd, off_t off, uint
         len = c->resp_left;
     if (c->resp_mode == R_NONE || len == 0) {
         close(fd);
-        return h1_send(r, NULL, NULL, 0, 1);
+        return h1_send(r, NULL, NULL, 0, CS_SEND_FIN);
     }
     if (c->resp_mode == R_CHUNKED) {
         char sizeline[24];
@@ -789,6 +794,18 @@ static void finish_request(cs_conn *c)
     c->have_req = 0;
 }
 
+/* After the handler (or a resume) returned.  1 if another buffered request
+ * is ready to run. */
+static int after_handler(cs_conn *c)
+{
+    if (c->req.suspended)
+        return 0;
+    finish_request(c);
+    if (c->closing || c->broken || c->out_head)
+        return 0;
+    return conn_next(c) == NEXT_READY;
+}
+
 void cs_conn_run(cs_conn *c)
 {
     cs_worker *w = c->w;
@@ -796,10 +813,19 @@ void cs_conn_run(cs_conn *c)
         c->in_app = 1;
         w->handler(&c->req, w->handler_data);
         c->in_app = 0;
-        finish_request(c);
-        if (c->closing || c->broken || c->out_head)
-            return;
-    } while (conn_next(c) == NEXT_READY);
+    } while (after_handler(c));
+}
+
+/* Loop thread, inline mode: the client caught up with a suspended handler. */
+static void conn_resume_app(cs_conn *c)
+{
+    cs_worker *w = c->w;
+    c->in_app = 1;
+    w->resume(&c->req, w->handler_data);
+    c->in_app = 0;
+    if (after_handler(c))
+        cs_conn_run(c);
+    conn_settle(c);
 }
 
 /* Loop thread: parse what is buffered and dispatch or wait. */
@@ -821,6 +847,10 @@ static void conn_advance(cs_conn *c)
 static void conn_free(cs_conn *c)
 {
     cs_worker *w = c->w;
+    if (c->req.suspended) {
+        c->req.suspended = 0;
+        w->cancel(&c->req, w->handler_data);
+    }
     cs_loop_watch(w->loop, &c->io, 0);
     close(c->io.fd);
     while (c->out_head)
@@ -924,7 +954,10 @@ static void conn_io(cs_loop *loop, cs_io *io, uint32_t events)
             c->deadline = cs_now_ms() + c->w->body_ms;
         if (r < 0)
             conn_free(c);
-        else if (r > 0) {
+        else if (c->req.suspended) {
+            if (c->out_bytes <= OUT_LOW)
+                conn_resume_app(c);
+        } else if (r > 0) {
             if (c->closing)
                 start_linger(c);
             else

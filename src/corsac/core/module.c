@@ -76,6 +76,8 @@ static int run(cs_config *cfg)
     w.nlisteners = nl;
     w.threads = (int)cfg->threads;
     w.handler = cs_wsgi_handle;
+    w.resume = cs_wsgi_resume;
+    w.cancel = cs_wsgi_cancel;
     w.handler_data = wsgi;
     rc = cs_worker_run(&w);
     cs_log(CS_LOG_INFO, "Shutting down: %s", rc == 0 ? "done" : "error");

@@ -37,14 +37,20 @@ typedef struct {
      * -1 on failure with req->body_error set. */
     ssize_t (*read)(cs_req *r, char *buf, size_t n);
     /* Send body bytes, preceded by `head` on the first call (NULL after).
-     * fin marks the end of the response.  0, or -1 if the client is gone. */
-    int (*send)(cs_req *r, const cs_resp_head *head, const struct iovec *iov, int iovcnt, int fin);
+     * flags: CS_SEND_FIN ends the response; CS_SEND_MAY_SUSPEND says the
+     * handler can stop producing and be resumed.  Returns 0; -1 if the client
+     * is gone; 1 (only with MAY_SUSPEND) when the bytes were queued but the
+     * client is behind: the handler should set r->suspended and return, and
+     * the protocol calls the worker's resume hook once the queue drains. */
+    int (*send)(cs_req *r, const cs_resp_head *head, const struct iovec *iov, int iovcnt, int flags);
     /* Like send, for len bytes of fd from off; always ends the response.
      * Takes ownership of fd. */
     int (*sendfile)(cs_req *r, const cs_resp_head *head, int fd, off_t off, uint64_t len);
     /* The response cannot be completed: drop the connection. */
     void (*abort)(cs_req *r);
 } cs_req_ops;
+
+enum { CS_SEND_FIN = 1, CS_SEND_MAY_SUSPEND = 2 };
 
 /* Why reading the body failed: the status a response should carry. */
 enum { CS_BODY_OK = 0, CS_BODY_GONE = 499 /* client disconnected */ };
@@ -70,6 +76,7 @@ struct cs_req {
     unsigned head_only : 1;                    /* HEAD: no body bytes go out */
     unsigned started : 1;                      /* head sent: status can no longer change */
     unsigned multithread : 1;
+    unsigned suspended : 1;                    /* handler yielded; resume when the client catches up */
     void *bridge;                              /* handler state for this request */
 };
 

@@ -48,6 +48,8 @@ struct cs_worker {
     uint64_t stop_deadline;
 
     cs_handler_fn *handler;
+    cs_handler_fn *resume;          /* continue a suspended handler (inline mode) */
+    cs_handler_fn *cancel;          /* drop a suspended handler: its client is gone */
     void *handler_data;
     /* Release and retake the GIL around blocking waits in app context. */
     void *(*unlock)(void);

@@ -465,6 +465,11 @@ typedef struct {
     char *store;                /* reason and header text, owned */
     cs_header *hdrs;
     PyObject *writer;
+    /* the request in flight, kept here so a suspended response can resume */
+    PyObject *environ;
+    PyObject *input;            /* our Input, or NULL for the shared empty one */
+    PyObject *result;
+    PyObject *it;
     char inline_store[INLINE_STORE];
     cs_header inline_hdrs[INLINE_HDRS];
 } StartResponse;
@@ -647,6 +652,7 @@ fail:
 }
 
 static PyObject *sr_write(PyObject *self, PyObject *data);
+static int sr_clear(StartResponse *self);
 static PyMethodDef write_def = {"write", (PyCFunction)sr_write, METH_O, "write(data): send body bytes now"};
 
 static PyObject *sr_call(StartResponse *self, PyObject *args, PyObject *kw)
@@ -685,9 +691,10 @@ static PyObject *sr_call(StartResponse *self, PyObject *args, PyObject *kw)
     return self->writer;
 }
 
-/* Send body bytes (head first if not yet sent).  0 ok, -1 with an exception
- * set for app errors, -2 when the client is gone (no exception). */
-static int emit(StartResponse *self, const struct iovec *iov, int n, int fin)
+/* Send body bytes (head first if not yet sent).  0 ok, 1 sent but the client
+ * is behind (only with CS_SEND_MAY_SUSPEND), -1 with an exception set for
+ * app errors, -2 when the client is gone (no exception). */
+static int emit(StartResponse *self, const struct iovec *iov, int n, int flags)
 {
     if (!self->req) {
         PyErr_SetString(PyExc_RuntimeError, "the response has already ended");
@@ -699,11 +706,12 @@ static int emit(StartResponse *self, const struct iovec *iov, int n, int fin)
     }
     const cs_resp_head *h = self->sent ? NULL : &self->head;
     self->sent = 1;
-    if (self->req->ops->send(self->req, h, iov, n, fin) < 0) {
+    int rc = self->req->ops->send(self->req, h, iov, n, flags);
+    if (rc < 0) {
         self->gone = 1;
         return -2;
     }
-    return 0;
+    return rc;
 }
 
 static PyObject *sr_write(PyObject *op, PyObject *data)
@@ -728,20 +736,29 @@ static PyObject *sr_write(PyObject *op, PyObject *data)
 
 static void sr_dealloc(StartResponse *self)
 {
+    PyObject_GC_UnTrack(self);
     sr_reset_store(self);
-    Py_XDECREF(self->writer);
+    sr_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int sr_traverse(StartResponse *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->writer);
+    Py_VISIT(self->environ);
+    Py_VISIT(self->input);
+    Py_VISIT(self->result);
+    Py_VISIT(self->it);
     return 0;
 }
 
 static int sr_clear(StartResponse *self)
 {
     Py_CLEAR(self->writer);
+    Py_CLEAR(self->environ);
+    Py_CLEAR(self->input);
+    Py_CLEAR(self->result);
+    Py_CLEAR(self->it);
     return 0;
 }
 
@@ -975,7 +992,7 @@ static void send_plain(cs_req *r, int status, const char *reason)
     cs_resp_head h = {.status = status, .reason = reason, .reason_len = strlen(reason), .headers = &ct,
                       .num_headers = 1, .content_length = n};
     struct iovec v = {body, (size_t)n};
-    r->ops->send(r, &h, &v, 1, 1);
+    r->ops->send(r, &h, &v, 1, CS_SEND_FIN);
 }
 
 static void fail_request(cs_wsgi *w, cs_req *r, StartResponse *sr, PyObject *environ, const char *what)
@@ -1044,61 +1061,54 @@ static int try_sendfile(cs_req *r, StartResponse *sr, FileWrapper *fw)
     return 1;
 }
 
-/* Send a list or tuple body: BATCH items per writev, fin with the last. */
+/* Send a list or tuple body in one call that ends the response: the bytes
+ * are all in memory already, so nothing is gained by pacing them. */
 static int send_sequence(StartResponse *sr, PyObject *seq)
 {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    struct iovec v[BATCH];
+    struct iovec stack[BATCH], *v = stack;
     for (Py_ssize_t i = 0; i < n; i++)
         if (!PyBytes_Check(items[i])) {
             PyErr_Format(PyExc_TypeError, "response body items must be bytes, got %.100s",
                          Py_TYPE(items[i])->tp_name);
             return -1;
         }
-    if (n == 0)
-        return emit(sr, NULL, 0, 1);
-    for (Py_ssize_t i = 0; i < n;) {
-        int k = 0;
-        for (; i < n && k < BATCH; i++) {
-            v[k].iov_base = PyBytes_AS_STRING(items[i]);
-            v[k++].iov_len = (size_t)PyBytes_GET_SIZE(items[i]);
-        }
-        int rc = emit(sr, v, k, i == n);
-        if (rc)
-            return rc;
+    if (n > BATCH && !(v = PyMem_Malloc(sizeof(*v) * (size_t)n))) {
+        PyErr_NoMemory();
+        return -1;
     }
-    return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        v[i].iov_base = PyBytes_AS_STRING(items[i]);
+        v[i].iov_len = (size_t)PyBytes_GET_SIZE(items[i]);
+    }
+    int rc = emit(sr, v, (int)n, CS_SEND_FIN);
+    if (v != stack)
+        PyMem_Free(v);
+    return rc;
 }
 
-static int send_iterable(StartResponse *sr, PyObject *result)
+/* Pull from the response iterator until it ends or the client falls behind.
+ * 0 done, 1 suspended (resume later), -1 app error (exception set), -2 gone. */
+static int pump(StartResponse *sr)
 {
-    PyObject *it = PyObject_GetIter(result);
-    if (!it)
-        return -1;
     PyObject *item;
-    int rc = 0;
-    while ((item = PyIter_Next(it))) {
+    while ((item = PyIter_Next(sr->it))) {
+        int rc = 0;
         if (!PyBytes_Check(item)) {
             PyErr_Format(PyExc_TypeError, "response body items must be bytes, got %.100s", Py_TYPE(item)->tp_name);
-            Py_DECREF(item);
             rc = -1;
-            break;
-        }
-        if (PyBytes_GET_SIZE(item)) {
+        } else if (PyBytes_GET_SIZE(item)) {
             struct iovec v = {PyBytes_AS_STRING(item), (size_t)PyBytes_GET_SIZE(item)};
-            rc = emit(sr, &v, 1, 0);
+            rc = emit(sr, &v, 1, CS_SEND_MAY_SUSPEND);
         }
         Py_DECREF(item);
         if (rc)
-            break;
+            return rc;
     }
-    Py_DECREF(it);
-    if (rc == 0 && PyErr_Occurred())
-        rc = -1;
-    if (rc == 0)
-        rc = emit(sr, NULL, 0, 1);
-    return rc;
+    if (PyErr_Occurred())
+        return -1;
+    return emit(sr, NULL, 0, CS_SEND_FIN);
 }
 
 static void call_close(cs_wsgi *w, PyObject *result, PyObject *environ)
@@ -1116,6 +1126,23 @@ static void call_close(cs_wsgi *w, PyObject *result, PyObject *environ)
         Py_DECREF(r);
     else
         log_exception(w, "Error closing the response of", environ);
+}
+
+/* The response is over (rc from pump/send): report, close, let go. */
+static void complete(cs_wsgi *w, cs_req *req, StartResponse *sr, int rc)
+{
+    if (rc == -1)
+        fail_request(w, req, sr, sr->environ, "Error handling request");
+    else if (rc == -2)
+        req->ops->abort(req);
+    if (sr->result)
+        call_close(w, sr->result, sr->environ);
+    /* the app may keep these objects: they must no longer reach the request */
+    sr->req = NULL;
+    if (sr->input)
+        ((Input *)sr->input)->req = NULL;
+    sr_clear(sr);
+    Py_DECREF(sr);
 }
 
 void cs_wsgi_handle(cs_req *req, void *data)
@@ -1141,34 +1168,52 @@ void cs_wsgi_handle(cs_req *req, void *data)
     sr->store = sr->inline_store;
     sr->hdrs = sr->inline_hdrs;
     sr->writer = NULL;
+    sr->environ = environ;
+    sr->input = (PyObject *)input;
+    sr->result = sr->it = NULL;
     PyObject_GC_Track(sr);
 
     PyObject *args[3] = {NULL, environ, (PyObject *)sr};
     PyObject *result = PyObject_Vectorcall(w->app, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    int rc;
     if (!result) {
-        fail_request(w, req, sr, environ, "Error handling request");
+        rc = -1;
     } else {
-        int rc;
+        sr->result = result;
         if (Py_IS_TYPE(result, &FileWrapperType) && try_sendfile(req, sr, (FileWrapper *)result))
             rc = sr->gone ? -2 : 0;
         else if (PyList_CheckExact(result) || PyTuple_CheckExact(result))
             rc = send_sequence(sr, result);
+        else if (!(sr->it = PyObject_GetIter(result)))
+            rc = -1;
         else
-            rc = send_iterable(sr, result);
-        if (rc == -1)
-            fail_request(w, req, sr, environ, "Error handling request");
-        else if (rc == -2)
-            req->ops->abort(req);
-        call_close(w, result, environ);
-        Py_DECREF(result);
+            rc = pump(sr);
     }
-    /* the request is over: the app may keep these objects, they must not reach it */
-    sr->req = NULL;
-    if (input)
-        input->req = NULL;
-    Py_DECREF(sr);
-    Py_XDECREF(input);
-    Py_DECREF(environ);
+    if (rc == 1) {
+        req->bridge = sr;
+        req->suspended = 1;
+        return;
+    }
+    complete(w, req, sr, rc);
+}
+
+void cs_wsgi_resume(cs_req *req, void *data)
+{
+    StartResponse *sr = req->bridge;
+    int rc = pump(sr);
+    if (rc == 1)
+        return;
+    req->suspended = 0;
+    req->bridge = NULL;
+    complete(data, req, sr, rc);
+}
+
+void cs_wsgi_cancel(cs_req *req, void *data)
+{
+    StartResponse *sr = req->bridge;
+    req->bridge = NULL;
+    sr->gone = 1;
+    complete(data, req, sr, -2);
 }
 
 /* ---- setup ---------------------------------------------------------------- */

@@ -23,5 +23,9 @@ void cs_wsgi_free(cs_wsgi *w);
 
 /* cs_handler_fn: run the app for one request.  Called with the GIL held. */
 void cs_wsgi_handle(cs_req *req, void *data);
+/* Continue a response that suspended because its client was behind. */
+void cs_wsgi_resume(cs_req *req, void *data);
+/* Drop a suspended response whose connection is gone (close() is called). */
+void cs_wsgi_cancel(cs_req *req, void *data);
 
 #endif
