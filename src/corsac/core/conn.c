@@ -40,9 +40,11 @@ typedef struct cs_out {
     struct cs_out *next;
     int fd;                 /* >= 0: a file segment, sent with sendfile */
     off_t off;
-    size_t len, pos;
+    size_t len, pos, cap;   /* cap: room in data[] (memory segments) */
     char data[];
 } cs_out;
+
+#define OUT_SEGMENT 4096    /* small writes share one segment */
 
 struct cs_conn {
     cs_io io;                       /* first: the loop hands it back to us */
@@ -75,6 +77,7 @@ struct cs_conn {
     uint64_t resp_left;
     int resp_done;
     int overflow_logged;
+    int cork;                       /* more pipelined requests follow: batch the responses */
     int closing;                    /* close once the output is flushed */
     int broken;                     /* the socket failed: drop without flushing */
 
@@ -136,7 +139,15 @@ static int wait_fd(cs_conn *c, short events, uint64_t ms)
 
 static int queue_mem(cs_conn *c, const char *p, size_t n)
 {
-    cs_out *o = malloc(sizeof(*o) + n);
+    cs_out *t = c->out_tail;
+    if (t && t->fd < 0 && t->cap - t->len >= n) {
+        memcpy(t->data + t->len, p, n);
+        t->len += n;
+        c->out_bytes += n;
+        return 0;
+    }
+    size_t cap = n < OUT_SEGMENT ? OUT_SEGMENT : n;
+    cs_out *o = malloc(sizeof(*o) + cap);
     if (!o) {
         cs_log(CS_LOG_ERROR, "conn: out of memory queueing %zu bytes for %s", n, c->peer);
         c->broken = 1;
@@ -146,6 +157,7 @@ static int queue_mem(cs_conn *c, const char *p, size_t n)
     o->fd = -1;
     o->len = n;
     o->pos = 0;
+    o->cap = cap;
     memcpy(o->data, p, n);
     if (c->out_tail)
         c->out_tail->next = o;
@@ -165,7 +177,7 @@ static int queue_file(cs_conn *c, int fd, off_t off, size_t len)
         c->broken = 1;
         return -1;
     }
-    *o = (cs_out){.fd = fd, .off = off, .len = len};
+    *o = (cs_out){.fd = fd, .off = off, .len = len, .cap = 0};
     if (c->out_tail)
         c->out_tail->next = o;
     else
@@ -211,7 +223,29 @@ static int flush_out(cs_conn *c)
                 return -1;
             }
         } else {
-            n = write(c->io.fd, o->data + o->pos, o->len - o->pos);
+            /* gather consecutive memory segments into one writev */
+            struct iovec v[64];
+            int k = 0;
+            for (cs_out *m = o; m && m->fd < 0 && k < 64; m = m->next) {
+                v[k].iov_base = m->data + m->pos;
+                v[k++].iov_len = m->len - m->pos;
+            }
+            n = writev(c->io.fd, v, k);
+            if (n > 0) {
+                size_t left = (size_t)n;
+                c->out_bytes -= left;
+                while (left) {
+                    cs_out *m = c->out_head;
+                    size_t rem = m->len - m->pos;
+                    if (left < rem) {
+                        m->pos += left;
+                        break;
+                    }
+                    left -= rem;
+                    out_pop(c);
+                }
+                continue;
+            }
         }
         if (n < 0) {
             if (errno == EINTR)
@@ -622,8 +656,17 @@ static size_t build_head(cs_conn *c, const cs_resp_head *h, const struct iovec *
         p += put(p, x->value, x->value_len);
         p += PUTLIT(p, "\r\n");
     }
-    if (write_cl)
-        p += (size_t)sprintf(p, "Content-Length: %lld\r\n", (long long)cl);
+    if (write_cl) {
+        char digits[24], *d = digits + sizeof(digits);
+        uint64_t v = (uint64_t)cl;
+        do {
+            *--d = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        p += PUTLIT(p, "Content-Length: ");
+        p += put(p, d, (size_t)(digits + sizeof(digits) - d));
+        p += PUTLIT(p, "\r\n");
+    }
     else if (c->resp_mode == R_CHUNKED)
         p += PUTLIT(p, "Transfer-Encoding: chunked\r\n");
     if (!keep)
@@ -717,7 +760,14 @@ static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, in
             c->closing = 1;
         }
     }
-    int rc = k ? conn_write(c, v, k, fin ? 0 : (flags & CS_SEND_MAY_SUSPEND) ? 2 : 1) : 0;
+    int rc = 0;
+    if (c->cork && fin && c->out_bytes < OUT_LOW) {
+        /* answers to a pipelined batch leave in one write after the batch */
+        for (int i = 0; i < k && rc == 0; i++)
+            rc = queue_mem(c, v[i].iov_base, v[i].iov_len);
+    } else if (k) {
+        rc = conn_write(c, v, k, fin ? 0 : (flags & CS_SEND_MAY_SUSPEND) ? 2 : 1);
+    }
     free(heap);
     return rc;
 }
@@ -801,30 +851,35 @@ static int after_handler(cs_conn *c)
     if (c->req.suspended)
         return 0;
     finish_request(c);
-    if (c->closing || c->broken || c->out_head)
+    if (c->closing || c->broken || c->out_bytes > OUT_LOW)
         return 0;
     return conn_next(c) == NEXT_READY;
 }
 
-void cs_conn_run(cs_conn *c)
+static void run_handlers(cs_conn *c, int resume)
 {
     cs_worker *w = c->w;
     do {
+        c->cork = c->rlen > c->raw;     /* another request is already here */
         c->in_app = 1;
-        w->handler(&c->req, w->handler_data);
+        if (resume)
+            w->resume(&c->req, w->handler_data);
+        else
+            w->handler(&c->req, w->handler_data);
         c->in_app = 0;
+        resume = 0;
     } while (after_handler(c));
+    c->cork = 0;
+    if (c->out_head && !c->broken)
+        flush_out(c);
 }
+
+void cs_conn_run(cs_conn *c) { run_handlers(c, 0); }
 
 /* Loop thread, inline mode: the client caught up with a suspended handler. */
 static void conn_resume_app(cs_conn *c)
 {
-    cs_worker *w = c->w;
-    c->in_app = 1;
-    w->resume(&c->req, w->handler_data);
-    c->in_app = 0;
-    if (after_handler(c))
-        cs_conn_run(c);
+    run_handlers(c, 1);
     conn_settle(c);
 }
 

@@ -459,6 +459,7 @@ static PyTypeObject FileWrapperType = {
 
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall;
     cs_req *req;                /* NULL once the request is over */
     int called, sent, gone;
     cs_resp_head head;
@@ -655,12 +656,38 @@ static PyObject *sr_write(PyObject *self, PyObject *data);
 static int sr_clear(StartResponse *self);
 static PyMethodDef write_def = {"write", (PyCFunction)sr_write, METH_O, "write(data): send body bytes now"};
 
-static PyObject *sr_call(StartResponse *self, PyObject *args, PyObject *kw)
+/* start_response(status, headers, exc_info=None), called through vectorcall:
+ * no argument tuple is built on the hot path. */
+static PyObject *sr_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    PyObject *status, *headers, *exc_info = Py_None;
-    static char *kwlist[] = {"status", "headers", "exc_info", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O:start_response", kwlist, &status, &headers, &exc_info))
+    StartResponse *self = (StartResponse *)op;
+    static const char *const names[3] = {"status", "headers", "exc_info"};
+    PyObject *a[3] = {NULL, NULL, Py_None};
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "start_response() takes at most 3 arguments (%zd given)", nargs);
         return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        a[i] = args[i];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        int slot = -1;
+        for (int j = 0; j < 3; j++)
+            if (PyUnicode_CompareWithASCIIString(k, names[j]) == 0)
+                slot = j;
+        if (slot < 0 || (slot < nargs)) {
+            PyErr_Format(PyExc_TypeError, "start_response() got an unexpected or repeated argument %R", k);
+            return NULL;
+        }
+        a[slot] = args[nargs + i];
+    }
+    if (!a[0] || !a[1]) {
+        PyErr_SetString(PyExc_TypeError, "start_response() needs status and headers");
+        return NULL;
+    }
+    PyObject *status = a[0], *headers = a[1], *exc_info = a[2];
     if (exc_info != Py_None) {
         if (self->sent) {
             /* PEP 3333: too late to change the status; re-raise the app's error */
@@ -767,11 +794,12 @@ static PyTypeObject StartResponseType = {
     .tp_name = "corsac._core.StartResponse",
     .tp_doc = "start_response(status, headers, exc_info=None) -> write",
     .tp_basicsize = sizeof(StartResponse),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(StartResponse, vectorcall),
     .tp_dealloc = (destructor)sr_dealloc,
     .tp_traverse = (traverseproc)sr_traverse,
     .tp_clear = (inquiry)sr_clear,
-    .tp_call = (ternaryfunc)sr_call,
+    .tp_call = PyVectorcall_Call,
 };
 
 /* ---- environ -------------------------------------------------------------- */
@@ -883,6 +911,17 @@ static PyObject *header_key(cs_wsgi *w, const char *name, size_t n, int *is_cook
     return k;
 }
 
+static PyObject *port_str(int port)
+{
+    char buf[8], *p = buf + sizeof(buf);
+    unsigned v = (unsigned)port;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && p > buf);
+    return PyUnicode_FromStringAndSize(p, buf + sizeof(buf) - p);
+}
+
 static int set_steal(PyObject *d, PyObject *k, PyObject *v)
 {
     if (!v)
@@ -915,7 +954,7 @@ static PyObject *build_environ(cs_wsgi *w, cs_req *r, Input **input_out)
         PyDict_SetItem(env, w->keys[K_SERVER_PROTOCOL], r->protocol[7] == '1' ? w->proto11 : w->proto10) ||
         set_steal(env, w->keys[K_RAW_URI], latin1(r->target, r->target_len)) ||
         set_steal(env, w->keys[K_REMOTE_ADDR], PyUnicode_FromString(r->peer_addr)) ||
-        set_steal(env, w->keys[K_REMOTE_PORT], PyUnicode_FromFormat("%d", r->peer_port)))
+        set_steal(env, w->keys[K_REMOTE_PORT], port_str(r->peer_port)))
         goto fail;
     if (r->query_len) {
         if (set_steal(env, w->keys[K_QUERY_STRING], latin1(r->query, r->query_len)))
@@ -1163,6 +1202,7 @@ void cs_wsgi_handle(cs_req *req, void *data)
         Py_XDECREF(input);
         return;
     }
+    sr->vectorcall = sr_vectorcall;
     sr->req = req;
     sr->called = sr->sent = sr->gone = 0;
     sr->store = sr->inline_store;
