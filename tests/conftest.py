@@ -24,6 +24,9 @@ class Server:
         self.args = list(args)
         self.logpath = Path(tmp_path or "/tmp") / f"corsac-{os.getpid()}-{id(self)}.log"
         self.env = dict(os.environ)
+        # one worker unless the test asks for more: most tests are about one
+        # worker's behaviour, and its default is the CPU count
+        self.env.setdefault("CORSAC_WORKERS", "1")
         self.env.update(env or {})
         self.cmd = [sys.executable, "-m", "corsac"]
         if app is not None:

@@ -22,7 +22,15 @@ typedef struct {
     char *binds[CS_MAX_BINDS];
     int nbinds;
     long backlog;
+    long workers;                   /* 0: one per CPU this process may use */
     long threads;
+    double timeout;                 /* worker heartbeat */
+    long max_requests;
+    long max_requests_jitter;
+    double respawn_interval;
+    int preload;
+    char *process_name;
+    char *pid_file;
     int log_level;
     char *root_path;
     long limit_request_line;

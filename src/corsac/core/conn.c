@@ -842,6 +842,7 @@ static void finish_request(cs_conn *c)
     c->bpos = c->bend;
     c->rpos = c->raw;
     c->have_req = 0;
+    cs_worker_request_done(c->w);
 }
 
 /* After the handler (or a resume) returned.  1 if another buffered request
@@ -860,7 +861,7 @@ static void run_handlers(cs_conn *c, int resume)
 {
     cs_worker *w = c->w;
     do {
-        c->cork = c->rlen > c->raw;     /* another request is already here */
+        c->cork = c->framed && c->rlen > c->raw;   /* another request is already here */
         c->in_app = 1;
         if (resume)
             w->resume(&c->req, w->handler_data);
@@ -978,6 +979,8 @@ static void on_readable(cs_conn *c)
     ssize_t n = read(c->io.fd, c->rbuf + c->rlen, c->rcap - c->rlen);
     if (n > 0) {
         c->rlen += (size_t)n;
+        if (c->state == S_BODY)        /* a stall timeout while the body trickles in */
+            c->deadline = cs_now_ms() + c->w->body_ms;
         conn_advance(c);
         return;
     }

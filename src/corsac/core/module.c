@@ -5,12 +5,14 @@
 #include <Python.h>
 
 #include "app.h"
+#include "arbiter.h"
 #include "config.h"
 #include "log.h"
 #include "sock.h"
 #include "worker.h"
 #include "wsgi.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,43 +24,37 @@ static int usage_error(const char *msg)
     return 2;
 }
 
-static int run(cs_config *cfg)
+/* In a forked worker: load the app (unless preloaded) and serve. */
+static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject *app, int nworkers,
+                       cs_slot *slot, int id)
 {
-    char err[1024];
-    int iface;
-    cs_log_set_level(cfg->log_level);
-    PyObject *app = cs_app_load(cfg, &iface, err, sizeof(err));
-    if (!app) {
-        fprintf(stderr, "corsac: error: %s\n", err);
-        return 1;
-    }
-    if (iface == CS_IFACE_ASGI) {
-        fprintf(stderr, "corsac: error: '%s' is an ASGI application; the ASGI worker is not available yet\n",
-                cfg->app);
-        Py_DECREF(app);
-        return 1;
-    }
-    int rc = 1;
-    cs_listener listeners[CS_MAX_BINDS];
-    cs_listen_io lio[CS_MAX_BINDS];
-    int nl = 0;
-    cs_wsgi *wsgi = NULL;
-    for (; nl < cfg->nbinds; nl++)
-        if (cs_listen(cfg->binds[nl], (int)cfg->backlog, &listeners[nl], err, sizeof(err)) < 0) {
+    char title[320], err[1024];
+    snprintf(title, sizeof(title), "%s: worker %d", cfg->process_name, id);
+    cs_set_process_title(title);
+    if (app) {
+        Py_INCREF(app);
+    } else {
+        int iface;
+        if (!(app = cs_app_load(cfg, &iface, err, sizeof(err)))) {
             fprintf(stderr, "corsac: error: %s\n", err);
-            goto out;
+            return CS_EXIT_BOOT;
         }
-    if (!(wsgi = cs_wsgi_new(app, cfg))) {
+        if (iface == CS_IFACE_ASGI) {
+            fprintf(stderr, "corsac: error: '%s': the ASGI interface is not available yet\n",
+                    cfg->app);
+            Py_DECREF(app);
+            return CS_EXIT_BOOT;
+        }
+    }
+    cs_wsgi *wsgi = cs_wsgi_new(app, cfg, nworkers > 1);
+    if (!wsgi) {
         PyErr_Print();
-        goto out;
+        Py_DECREF(app);
+        return CS_EXIT_BOOT;
     }
-    cs_log(CS_LOG_INFO, "Starting corsac %s", CORSAC_VERSION);
-    for (int i = 0; i < nl; i++) {
+    cs_listen_io lio[CS_MAX_BINDS];
+    for (int i = 0; i < nl; i++)
         lio[i].l = &listeners[i];
-        cs_log(CS_LOG_INFO, "Listening at: %s (%d)", listeners[i].display, (int)getpid());
-    }
-    cs_log(CS_LOG_INFO, "Using worker: wsgi, %ld thread%s%s", cfg->threads, cfg->threads > 1 ? "s" : "",
-           cfg->threads > 1 ? "" : " (app runs on the I/O thread)");
 
     cs_worker w;
     memset(&w, 0, sizeof(w));
@@ -72,6 +68,12 @@ static int run(cs_config *cfg)
     w.body_ms = (uint64_t)(cfg->body_read_timeout * 1000);
     w.graceful_ms = (uint64_t)(cfg->graceful_timeout * 1000);
     w.body_limit = (uint64_t)cfg->limit_request_body;
+    w.timeout_ms = (uint64_t)(cfg->timeout * 1000);
+    if (cfg->max_requests) {
+        uint64_t jitter = cfg->max_requests_jitter ? (uint64_t)random() % ((uint64_t)cfg->max_requests_jitter + 1) : 0;
+        w.max_requests = (uint64_t)cfg->max_requests + jitter;
+    }
+    w.slot = slot;
     w.lio = lio;
     w.nlisteners = nl;
     w.threads = (int)cfg->threads;
@@ -79,13 +81,96 @@ static int run(cs_config *cfg)
     w.resume = cs_wsgi_resume;
     w.cancel = cs_wsgi_cancel;
     w.handler_data = wsgi;
-    rc = cs_worker_run(&w);
-    cs_log(CS_LOG_INFO, "Shutting down: %s", rc == 0 ? "done" : "error");
+    int rc = cs_worker_run(&w);
+    cs_log(CS_LOG_INFO, "Worker exiting (pid: %d)", (int)getpid());
+    cs_wsgi_free(wsgi);
+    Py_DECREF(app);
+    return rc;
+}
+
+static int write_pid_file(const char *path)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0 || rename(tmp, path) < 0) {
+        cs_log(CS_LOG_ERROR, "cannot write the pid file %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    const cs_config *cfg;
+    const cs_listener *listeners;
+    int nl, nworkers;
+} banner_args;
+
+/* Start-up lines, printed once the first worker is ready to serve. */
+static void print_banner(void *data)
+{
+    const banner_args *b = data;
+    const cs_config *cfg = b->cfg;
+    cs_log(CS_LOG_INFO, "Starting corsac %s", CORSAC_VERSION);
+    for (int i = 0; i < b->nl; i++)
+        cs_log(CS_LOG_INFO, "Listening at: %s (%d)", b->listeners[i].display, (int)getpid());
+    cs_log(CS_LOG_INFO, "Using worker: wsgi, %ld thread%s%s", cfg->threads, cfg->threads > 1 ? "s" : "",
+           cfg->threads > 1 ? "" : " (app runs on the I/O thread)");
+    cs_log(CS_LOG_INFO, "Using %d worker%s%s", b->nworkers, b->nworkers > 1 ? "s" : "",
+           cfg->workers ? "" : " (one per CPU this process may use)");
+}
+
+static int run(cs_config *cfg)
+{
+    char err[1024];
+    int rc = 1, nl = 0, iface;
+    PyObject *app = NULL;
+    cs_listener listeners[CS_MAX_BINDS];
+    cs_log_set_level(cfg->log_level);
+    int nworkers = cfg->workers ? (int)cfg->workers : cs_cpu_count();
+
+    if (cfg->preload) {
+        if (!(app = cs_app_load(cfg, &iface, err, sizeof(err)))) {
+            fprintf(stderr, "corsac: error: %s\n", err);
+            return 1;
+        }
+        if (iface == CS_IFACE_ASGI) {
+            fprintf(stderr, "corsac: error: '%s': the ASGI interface is not available yet\n",
+                    cfg->app);
+            Py_DECREF(app);
+            return 1;
+        }
+    }
+    for (; nl < cfg->nbinds; nl++)
+        if (cs_listen(cfg->binds[nl], (int)cfg->backlog, &listeners[nl], err, sizeof(err)) < 0) {
+            fprintf(stderr, "corsac: error: %s\n", err);
+            goto out;
+        }
+    char title[320];
+    snprintf(title, sizeof(title), "%s: arbiter", cfg->process_name);
+    cs_set_process_title(title);
+    banner_args banner = {cfg, listeners, nl, nworkers};
+    int pid_written = cfg->pid_file[0] && write_pid_file(cfg->pid_file) == 0;
+
+    cs_slot *slot = NULL;
+    int id = 0;
+    rc = cs_arbiter_run(cfg, nworkers, print_banner, &banner, &slot, &id);
+    if (rc == CS_IN_WORKER) {
+        rc = worker_main(cfg, listeners, nl, app, nworkers, slot, id);
+        /* the socket files and the pid file belong to the arbiter */
+        for (int i = 0; i < nl; i++) {
+            free(listeners[i].unix_path);
+            listeners[i].unix_path = NULL;
+        }
+        pid_written = 0;
+    }
+    if (pid_written)
+        unlink(cfg->pid_file);
 out:
     for (int i = 0; i < nl; i++)
         cs_listener_close(&listeners[i]);
-    cs_wsgi_free(wsgi);
-    Py_DECREF(app);
+    Py_XDECREF(app);
     return rc;
 }
 

@@ -53,6 +53,12 @@ int cs_listen(const char *spec, int backlog, cs_listener *out, char *err, size_t
 
     char host[256], port[16] = "8000";
     const char *colon;
+    if (spec[0] && strspn(spec, "0123456789") == strlen(spec)) {
+        /* a bare port: loopback, like the default */
+        char full[32];
+        snprintf(full, sizeof(full), "127.0.0.1:%.8s", spec);
+        return cs_listen(full, backlog, out, err, errlen);
+    }
     if (spec[0] == '[') {
         const char *rb = strchr(spec, ']');
         if (!rb || (size_t)(rb - spec - 1) >= sizeof(host) || (rb[1] && rb[1] != ':')) {

@@ -20,6 +20,9 @@
 
 #define SWEEP_MS 200
 
+/* Signals meant for the arbiter; a worker started by hand ignores them too. */
+static const int arbiter_only[] = {SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, 0};
+
 /* Worker state reachable from the signal handler: its only way out. */
 static int sig_pipe[2] = {-1, -1};
 
@@ -118,6 +121,7 @@ void cs_worker_submit(cs_worker *w, cs_conn *c)
 static void *pool_main(void *arg)
 {
     cs_worker *w = arg;
+    int me = atomic_fetch_add(&w->next_thread, 1);
     PyGILState_STATE g = PyGILState_Ensure();
     PyThreadState *ts = PyEval_SaveThread();
     for (;;) {
@@ -135,9 +139,11 @@ static void *pool_main(void *arg)
         w->busy++;
         pthread_mutex_unlock(&w->mu);
 
+        atomic_store(&w->busy_since[me], cs_now_ms());
         PyEval_RestoreThread(ts);
         cs_conn_run(c);
         ts = PyEval_SaveThread();
+        atomic_store(&w->busy_since[me], 0);
 
         pthread_mutex_lock(&w->mu);
         *cs_conn_qnext(c) = w->done;
@@ -153,9 +159,40 @@ static void *pool_main(void *arg)
     return NULL;
 }
 
+/* Tell the arbiter we are alive, unless a handler has been stuck past
+ * --timeout (with --threads 1 a stuck handler stops this loop altogether). */
+static void heartbeat(cs_worker *w)
+{
+    if (!w->slot)
+        return;
+    uint64_t now = cs_now_ms();
+    for (int i = 0; w->busy_since && i < w->threads; i++) {
+        uint64_t t = atomic_load(&w->busy_since[i]);
+        if (w->timeout_ms && t && now - t > w->timeout_ms)
+            return;
+    }
+    atomic_store(&w->slot->heartbeat, now);
+    atomic_store(&w->slot->requests, atomic_load(&w->served));
+}
+
+void cs_worker_request_done(cs_worker *w)
+{
+    uint64_t served = atomic_fetch_add(&w->served, 1) + 1;
+    if (w->slot && w->max_requests && served == w->max_requests) {
+        int ready = CS_SLOT_READY;
+        if (atomic_compare_exchange_strong(&w->slot->state, &ready, CS_SLOT_RETIRE)) {
+            cs_log(CS_LOG_INFO, "Max requests (%llu) reached; asking for a replacement",
+                   (unsigned long long)w->max_requests);
+            atomic_store(&w->slot->requests, served);
+            kill(getppid(), SIGCHLD);   /* a child changed state: wake the arbiter now */
+        }
+    }
+}
+
 static void sweep(cs_loop *loop, void *data)
 {
     cs_worker *w = data;
+    heartbeat(w);
     cs_conn_sweep(w);
     if (atomic_load(&w->stopping)) {
         if (w->nconns == 0)
@@ -178,7 +215,8 @@ static int start_pool(cs_worker *w)
     if (cs_loop_watch(w->loop, &w->wake, EPOLLIN) < 0)
         return -1;
     w->pool = calloc((size_t)w->threads, sizeof(pthread_t));
-    if (!w->pool) {
+    w->busy_since = calloc((size_t)w->threads, sizeof(*w->busy_since));
+    if (!w->pool || !w->busy_since) {
         cs_log(CS_LOG_ERROR, "worker: out of memory for %d threads", w->threads);
         return -1;
     }
@@ -208,6 +246,8 @@ static int stop_pool(cs_worker *w)
         pthread_join(w->pool[i], NULL);
     free(w->pool);
     w->pool = NULL;
+    free((void *)w->busy_since);
+    w->busy_since = NULL;
     return 0;
 }
 
@@ -236,6 +276,8 @@ int cs_worker_run(cs_worker *w)
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGQUIT, &sa, &old_quit);
     sigaction(SIGPIPE, &ign, &old_pipe);
+    for (int i = 0; arbiter_only[i]; i++)
+        sigaction(arbiter_only[i], &ign, NULL);
 
     for (int i = 0; i < w->nlisteners; i++) {
         w->lio[i].io = (cs_io){.fd = w->lio[i].l->fd, .fn = listen_io};
@@ -244,6 +286,12 @@ int cs_worker_run(cs_worker *w)
             goto restore;
     }
     cs_loop_every(w->loop, SWEEP_MS, sweep, w);
+    atomic_init(&w->served, 0);
+    atomic_init(&w->next_thread, 0);
+    if (w->slot) {
+        heartbeat(w);
+        atomic_store(&w->slot->state, CS_SLOT_READY);
+    }
     w->unlock = gil_unlock;
     w->relock = gil_relock;
 

@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "arbiter.h"
 #include "config.h"
 #include "loop.h"
 #include "parser.h"
@@ -43,6 +44,13 @@ struct cs_worker {
     size_t nconns;
     uint64_t accept_paused_until;   /* after EMFILE: resume accepting then */
 
+    cs_slot *slot;                  /* heartbeat and state, read by the arbiter */
+    uint64_t timeout_ms;            /* heartbeat stops when a handler runs longer */
+    uint64_t max_requests;          /* 0: no limit (jitter applied already) */
+    atomic_uint_fast64_t served;
+    _Atomic uint64_t *busy_since;   /* per pool thread: when its handler started, 0 idle */
+    atomic_int next_thread;
+
     atomic_int stopping;            /* graceful stop requested */
     int quitting;                   /* fast stop */
     uint64_t stop_deadline;
@@ -70,6 +78,10 @@ struct cs_worker {
 /* Serve until stopped by SIGTERM/SIGINT (graceful) or SIGQUIT.  Returns the
  * process exit code.  Called with the GIL held; returns with it held. */
 int cs_worker_run(cs_worker *w);
+
+/* Count a finished request; past --max-requests ask the arbiter for a
+ * replacement (any thread). */
+void cs_worker_request_done(cs_worker *w);
 
 /* Queue a ready connection for the pool (loop thread). */
 void cs_worker_submit(cs_worker *w, cs_conn *c);

@@ -58,6 +58,7 @@ struct cs_wsgi {
     PyObject *format_exception;     /* traceback.format_exception */
     PyObject *empty_input;          /* shared wsgi.input for requests without a body */
     int multithread;
+    int multiprocess;
     struct {
         const char *server_name;    /* identifies the listener */
         PyObject *dict;
@@ -113,7 +114,7 @@ static void log_exception(cs_wsgi *w, const char *what, PyObject *environ)
            Py_TYPE(exc)->tp_name, m ? m : "?");
     Py_XDECREF(msg);
     PyErr_Clear();
-    PyObject *lines = PyObject_CallOneArg(w->format_exception, exc);
+    PyObject *lines = cs_log_enabled(CS_LOG_ERROR) ? PyObject_CallOneArg(w->format_exception, exc) : NULL;
     if (lines) {
         PyObject *sep = PyUnicode_FromString("");
         PyObject *text = sep ? PyUnicode_Join(sep, lines) : NULL;
@@ -821,7 +822,7 @@ static PyObject *template_for(cs_wsgi *w, const cs_req *r)
               PyDict_SetItem(d, w->keys[K_WSGI_URL_SCHEME], w->http) ||
               PyDict_SetItem(d, w->keys[K_WSGI_ERRORS], w->errors) ||
               PyDict_SetItem(d, w->keys[K_WSGI_MULTITHREAD], w->multithread ? Py_True : Py_False) ||
-              PyDict_SetItem(d, w->keys[K_WSGI_MULTIPROCESS], Py_False) ||
+              PyDict_SetItem(d, w->keys[K_WSGI_MULTIPROCESS], w->multiprocess ? Py_True : Py_False) ||
               PyDict_SetItem(d, w->keys[K_WSGI_RUN_ONCE], Py_False) ||
               PyDict_SetItem(d, w->keys[K_WSGI_FILE_WRAPPER], (PyObject *)&FileWrapperType) ||
               PyDict_SetItem(d, w->keys[K_WSGI_INPUT_TERMINATED], Py_True) ||
@@ -1271,7 +1272,7 @@ int cs_wsgi_add_types(PyObject *module)
     return 0;
 }
 
-cs_wsgi *cs_wsgi_new(PyObject *app, const cs_config *cfg)
+cs_wsgi *cs_wsgi_new(PyObject *app, const cs_config *cfg, int multiprocess)
 {
     cs_wsgi *w = PyMem_Calloc(1, sizeof(*w));
     if (!w)
@@ -1279,6 +1280,7 @@ cs_wsgi *cs_wsgi_new(PyObject *app, const cs_config *cfg)
     Py_INCREF(app);
     w->app = app;
     w->multithread = cfg->threads > 1;
+    w->multiprocess = multiprocess;
     for (int i = 0; i < NKEYS; i++)
         if (!(w->keys[i] = PyUnicode_InternFromString(key_names[i])))
             goto fail;

@@ -18,7 +18,7 @@ typedef struct cs_wsgi cs_wsgi;
 int cs_wsgi_add_types(PyObject *module);
 
 /* Prepare the bridge for one app.  NULL with a Python error set on failure. */
-cs_wsgi *cs_wsgi_new(PyObject *app, const cs_config *cfg);
+cs_wsgi *cs_wsgi_new(PyObject *app, const cs_config *cfg, int multiprocess);
 void cs_wsgi_free(cs_wsgi *w);
 
 /* cs_handler_fn: run the app for one request.  Called with the GIL held. */
