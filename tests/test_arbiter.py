@@ -495,3 +495,75 @@ def test_wsgi_multiprocess(corsac, workers, expected):
     wait_workers(srv, int(workers))
     for _ in range(4):
         assert get(srv, "/multiprocess") == (200, expected)
+
+
+# --------------------------------------------------------------------------- request timeout, lifetime, memory
+
+def _raw_status(srv, path, timeout=10):
+    """Status code of GET path on a fresh connection (0 if the connection broke first)."""
+    conn = http.client.HTTPConnection(srv.host, srv.port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    except (OSError, http.client.HTTPException):
+        return 0
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_request_timeout_answers_504_and_replaces_worker(corsac, threads):
+    srv = corsac("arbiter_app:app", "--workers", "1", "--threads", threads, "--request-timeout", "1",
+                 "--graceful-timeout", "2", "--timeout", "30")
+    old = int(get(srv, "/pid")[1])
+    results = {}
+    t0 = time.monotonic()
+    spin = threading.Thread(target=lambda: results.update(spin=_raw_status(srv, "/spin")))
+    spin.start()
+    if threads == "4":
+        # a normal request still running on the same worker when the stuck one
+        # times out (at ~1 s) completes
+        time.sleep(0.6)
+        slow = threading.Thread(target=lambda: results.update(slow=get(srv, "/slow?s=0.8", timeout=10)))
+        slow.start()
+        slow.join(10)
+        assert results["slow"][0] == 200 and results["slow"][1] == b"slow done"
+    spin.join(10)
+    assert results["spin"] == 504
+    assert time.monotonic() - t0 < 5
+    # the worker is replaced: later requests are served by a new pid
+    new = wait_for(lambda: (lambda r: int(r[1]) if r[0] == 200 and int(r[1]) != old else None)(
+        get(srv, "/pid")), 15, interval=0.2)
+    assert new, srv.log()
+    assert "over --request-timeout; answered 504" in srv.log()
+
+
+def test_workers_lifetime_replaces_workers_without_failures(corsac):
+    srv = corsac("arbiter_app:app", "--workers", "1", "--workers-lifetime", "1")
+    seen, failures = set(), 0
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and len(seen) < 3:
+        try:
+            status, body = get(srv, "/pid")
+            if status != 200:
+                failures += 1
+            else:
+                seen.add(int(body))
+        except OSError:
+            failures += 1
+        time.sleep(0.02)
+    assert len(seen) >= 3, (seen, srv.log())
+    assert failures == 0
+    assert "reached --workers-lifetime" in srv.log()
+
+
+def test_workers_max_rss_replaces_a_large_worker(corsac):
+    # 1 MiB: any Python worker is over it, so the first one is replaced soon after it is ready
+    srv = corsac("arbiter_app:app", "--workers", "1", "--workers-max-rss", "1")
+    first = int(get(srv, "/pid")[1])
+    new = wait_for(lambda: (lambda r: int(r[1]) if r[0] == 200 and int(r[1]) != first else None)(
+        get(srv, "/pid")), 10, interval=0.2)
+    assert new, srv.log()
+    assert "over --workers-max-rss" in srv.log()

@@ -37,6 +37,7 @@ typedef struct {
     int stopping;           /* we told it to go: its exit is expected */
     int ever_ready;
     uint64_t spawned;
+    uint64_t retire_at;     /* --workers-lifetime, jittered; 0: never */
     uint64_t kill_at;       /* SIGKILL then, if still alive */
 } cs_child;
 
@@ -61,6 +62,7 @@ typedef struct {
     int in_child;           /* set in a new worker on its way out */
     int child_slot, child_id;
     pid_t pid;              /* the arbiter's own */
+    unsigned long ticks;
     void (*on_ready)(void *);
     void *ready_data;
 } cs_arbiter;
@@ -152,6 +154,21 @@ int cs_cpu_count(void)
     return n > 0 ? n : 1;
 }
 
+/* Resident memory of a process in MiB, or 0 if unknown. */
+static long rss_mib(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+    FILE *f = fopen(path, "r");
+    long size, resident = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%ld %ld", &size, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return resident * (sysconf(_SC_PAGESIZE) / 1024) / 1024;
+}
+
 /* ---- children ------------------------------------------------------------- */
 
 static cs_child *find(cs_arbiter *a, pid_t pid)
@@ -219,8 +236,13 @@ static int spawn(cs_arbiter *a)
         return -1;
     }
     atomic_store(&s->pid, pid);
+    uint64_t now = cs_now_ms(), retire_at = 0;
+    if (a->cfg->workers_lifetime > 0) {
+        double life = a->cfg->workers_lifetime * (1.0 + 0.1 * (double)random() / RAND_MAX);
+        retire_at = now + (uint64_t)(life * 1000);
+    }
     a->children[a->nchildren++] = (cs_child){.pid = pid, .id = id, .gen = a->gen, .slot = slot,
-                                             .spawned = cs_now_ms()};
+                                             .spawned = now, .retire_at = retire_at};
     cs_log(a->booted ? CS_LOG_INFO : CS_LOG_DEBUG, "Booting worker with pid: %d", (int)pid);
     return 0;
 }
@@ -335,6 +357,7 @@ static void tick(cs_loop *loop, void *data)
     uint64_t now = cs_now_ms();
     uint64_t timeout = (uint64_t)(a->cfg->timeout * 1000);
     (void)loop;
+    a->ticks++;
     reap(a);
     for (int i = 0; i < a->nchildren; i++) {
         cs_child *c = &a->children[i];
@@ -365,10 +388,22 @@ static void tick(cs_loop *loop, void *data)
             kill(c->pid, SIGABRT);
             continue;
         }
-        if (state == CS_SLOT_RETIRE && c->gen == a->gen) {
-            cs_log(CS_LOG_INFO, "Worker (pid:%d) served %llu requests; replacing it", (int)c->pid,
+        if (c->gen != a->gen)
+            continue;
+        if (state == CS_SLOT_RETIRE) {
+            cs_log(CS_LOG_INFO, "Worker (pid:%d) asked to be replaced after %llu requests", (int)c->pid,
                    (unsigned long long)atomic_load(&s->requests));
             c->gen = -1;
+        } else if (c->retire_at && now >= c->retire_at && c->ever_ready) {
+            cs_log(CS_LOG_INFO, "Worker (pid:%d) reached --workers-lifetime; replacing it", (int)c->pid);
+            c->gen = -1;
+        } else if (a->cfg->workers_max_rss && c->ever_ready && (a->ticks % 5) == 0) {
+            long rss = rss_mib(c->pid);
+            if (rss > a->cfg->workers_max_rss) {
+                cs_log(CS_LOG_WARNING, "Worker (pid:%d) uses %ld MiB (over --workers-max-rss %ld); replacing it",
+                       (int)c->pid, rss, a->cfg->workers_max_rss);
+                c->gen = -1;
+            }
         }
     }
     reconcile(a);

@@ -28,6 +28,9 @@ typedef struct {
     long max_requests;
     long max_requests_jitter;
     double respawn_interval;
+    double workers_lifetime;        /* 0: forever */
+    long workers_max_rss;           /* MiB, 0: no limit */
+    double request_timeout;         /* 0: none */
     int preload;
     char *process_name;
     char *pid_file;

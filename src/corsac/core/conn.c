@@ -80,6 +80,7 @@ struct cs_conn {
     int cork;                       /* more pipelined requests follow: batch the responses */
     int closing;                    /* close once the output is flushed */
     int broken;                     /* the socket failed: drop without flushing */
+    int timed_out;                  /* --request-timeout fired (under the inflight lock) */
 
     cs_out *out_head, *out_tail;
     size_t out_bytes;
@@ -687,6 +688,19 @@ static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, in
     int k = 0;
     if (c->broken || c->resp_done)
         return -1;
+    if (c->w->request_ms && h) {
+        /* commit to sending a head unless the watchdog answered 504 first */
+        cs_inflight *f = cs_worker_inflight(c->w);
+        pthread_mutex_lock(&f->mu);
+        int late = c->timed_out;
+        if (!late)
+            r->started = 1;
+        pthread_mutex_unlock(&f->mu);
+        if (late) {
+            c->broken = 1;
+            return -1;
+        }
+    }
     if (iovcnt > MAX_IOV) {
         /* split: the bridge never hands over more than MAX_IOV, but stay safe */
         int rc = h1_send(r, h, iov, MAX_IOV, fin ? CS_SEND_MAY_SUSPEND : 0);
@@ -857,16 +871,32 @@ static int after_handler(cs_conn *c)
     return conn_next(c) == NEXT_READY;
 }
 
+static void set_inflight(cs_inflight *f, cs_conn *c)
+{
+    pthread_mutex_lock(&f->mu);
+    f->conn = c;
+    f->started = cs_now_ms();
+    pthread_mutex_unlock(&f->mu);
+}
+
 static void run_handlers(cs_conn *c, int resume)
 {
     cs_worker *w = c->w;
+    cs_inflight *f = w->request_ms ? cs_worker_inflight(w) : NULL;
     do {
         c->cork = c->framed && c->rlen > c->raw;   /* another request is already here */
         c->in_app = 1;
+        if (f)
+            set_inflight(f, c);
         if (resume)
             w->resume(&c->req, w->handler_data);
         else
             w->handler(&c->req, w->handler_data);
+        if (f) {
+            set_inflight(f, NULL);
+            if (c->timed_out)
+                c->broken = 1;
+        }
         c->in_app = 0;
         resume = 0;
     } while (after_handler(c));
@@ -1104,6 +1134,25 @@ void cs_conn_accept(cs_worker *w, cs_listen_io *lio)
         if (cs_loop_watch(w->loop, &c->io, EPOLLIN) < 0)
             conn_free(c);
     }
+}
+
+void cs_conn_timed_out(cs_conn *c, uint64_t ran_ms)
+{
+    if (c->timed_out)
+        return;
+    c->timed_out = 1;
+    int answered = 0;
+    if (!c->req.started) {
+        char buf[256];
+        int n = snprintf(buf, sizeof(buf),
+                         "HTTP/1.1 504 Gateway Timeout\r\nServer: corsac\r\n%sContent-Type: text/plain; "
+                         "charset=utf-8\r\nContent-Length: 16\r\nConnection: close\r\n\r\nGateway Timeout\n",
+                         http_date());
+        answered = write(c->io.fd, buf, (size_t)n) == n;
+    }
+    shutdown(c->io.fd, SHUT_RDWR);
+    cs_log(CS_LOG_ERROR, "Request from %s:%d ran for %.1f s, over --request-timeout; %s", c->peer, c->peer_port,
+           ran_ms / 1000.0, answered ? "answered 504" : "connection closed");
 }
 
 void cs_conn_close_all(cs_worker *w)

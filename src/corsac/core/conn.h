@@ -21,6 +21,10 @@ void cs_conn_resume(cs_conn *c);
 /* Timeouts and graceful stop, called periodically by the loop. */
 void cs_conn_sweep(cs_worker *w);
 
+/* --request-timeout hit (watchdog thread, inflight lock held): answer 504
+ * if nothing was sent yet, then cut the connection off from the handler. */
+void cs_conn_timed_out(cs_conn *c, uint64_t ran_ms);
+
 /* Close every connection at once (the worker is exiting). */
 void cs_conn_close_all(cs_worker *w);
 

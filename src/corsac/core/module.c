@@ -69,6 +69,7 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
     w.graceful_ms = (uint64_t)(cfg->graceful_timeout * 1000);
     w.body_limit = (uint64_t)cfg->limit_request_body;
     w.timeout_ms = (uint64_t)(cfg->timeout * 1000);
+    w.request_ms = (uint64_t)(cfg->request_timeout * 1000);
     if (cfg->max_requests) {
         uint64_t jitter = cfg->max_requests_jitter ? (uint64_t)random() % ((uint64_t)cfg->max_requests_jitter + 1) : 0;
         w.max_requests = (uint64_t)cfg->max_requests + jitter;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SWEEP_MS 200
@@ -34,6 +35,69 @@ static void on_signal(int sig)
         /* pipe full: a stop is already pending */
     }
     errno = saved;
+}
+
+/* Which in-flight record a handler thread uses: 0 for the loop thread. */
+static _Thread_local int handler_index;
+
+cs_inflight *cs_worker_inflight(cs_worker *w) { return &w->inflight[handler_index]; }
+
+void cs_worker_retire(cs_worker *w, const char *why)
+{
+    if (atomic_exchange(&w->retiring, 1))
+        return;
+    cs_log(CS_LOG_INFO, "Worker retiring: %s", why);
+    if (w->slot) {
+        atomic_store(&w->slot->state, CS_SLOT_RETIRE);
+        kill(getppid(), SIGCHLD);   /* wake the arbiter: start the replacement now */
+    }
+}
+
+/* --request-timeout: a plain C thread, so it runs while a handler holds the GIL. */
+static void *watchdog_main(void *arg)
+{
+    cs_worker *w = arg;
+    while (!atomic_load(&w->watchdog_exit)) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        uint64_t now = cs_now_ms();
+        for (int i = 0; i < w->ninflight; i++) {
+            cs_inflight *f = &w->inflight[i];
+            int fired = 0;
+            pthread_mutex_lock(&f->mu);
+            if (f->conn && now - f->started > w->request_ms) {
+                cs_conn_timed_out(f->conn, now - f->started);
+                f->conn = NULL;
+                fired = 1;
+            }
+            pthread_mutex_unlock(&f->mu);
+            if (fired)
+                cs_worker_retire(w, "a request ran over --request-timeout");
+        }
+    }
+    return NULL;
+}
+
+static int start_watchdog(cs_worker *w)
+{
+    w->ninflight = w->threads > 1 ? w->threads : 1;
+    w->inflight = calloc((size_t)w->ninflight, sizeof(cs_inflight));
+    if (!w->inflight) {
+        cs_log(CS_LOG_ERROR, "worker: out of memory for the request watchdog");
+        return -1;
+    }
+    for (int i = 0; i < w->ninflight; i++)
+        pthread_mutex_init(&w->inflight[i].mu, NULL);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&w->watchdog, NULL, watchdog_main, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc) {
+        cs_log(CS_LOG_ERROR, "worker: cannot start the request watchdog: %s", strerror(rc));
+        return -1;
+    }
+    return 0;
 }
 
 static void *gil_unlock(void) { return PyEval_SaveThread(); }
@@ -122,6 +186,7 @@ static void *pool_main(void *arg)
 {
     cs_worker *w = arg;
     int me = atomic_fetch_add(&w->next_thread, 1);
+    handler_index = me;
     PyGILState_STATE g = PyGILState_Ensure();
     PyThreadState *ts = PyEval_SaveThread();
     for (;;) {
@@ -178,14 +243,10 @@ static void heartbeat(cs_worker *w)
 void cs_worker_request_done(cs_worker *w)
 {
     uint64_t served = atomic_fetch_add(&w->served, 1) + 1;
-    if (w->slot && w->max_requests && served == w->max_requests) {
-        int ready = CS_SLOT_READY;
-        if (atomic_compare_exchange_strong(&w->slot->state, &ready, CS_SLOT_RETIRE)) {
-            cs_log(CS_LOG_INFO, "Max requests (%llu) reached; asking for a replacement",
-                   (unsigned long long)w->max_requests);
+    if (w->max_requests && served == w->max_requests) {
+        if (w->slot)
             atomic_store(&w->slot->requests, served);
-            kill(getppid(), SIGCHLD);   /* a child changed state: wake the arbiter now */
-        }
+        cs_worker_retire(w, "--max-requests reached");
     }
 }
 
@@ -193,6 +254,10 @@ static void sweep(cs_loop *loop, void *data)
 {
     cs_worker *w = data;
     heartbeat(w);
+    if (atomic_load(&w->retiring) == 1) {
+        atomic_store(&w->retiring, 2);     /* the replacement takes the new connections */
+        stop_accepting(w);
+    }
     cs_conn_sweep(w);
     if (atomic_load(&w->stopping)) {
         if (w->nconns == 0)
@@ -295,6 +360,8 @@ int cs_worker_run(cs_worker *w)
     w->unlock = gil_unlock;
     w->relock = gil_relock;
 
+    if (w->request_ms && start_watchdog(w) < 0)
+        goto restore;
     PyThreadState *ts = NULL;
     if (pooled) {
         ts = PyEval_SaveThread();
@@ -322,6 +389,12 @@ int cs_worker_run(cs_worker *w)
         PyEval_RestoreThread(ts);
     }
     cs_conn_close_all(w);
+    if (w->inflight) {
+        atomic_store(&w->watchdog_exit, 1);
+        pthread_join(w->watchdog, NULL);
+        free(w->inflight);
+        w->inflight = NULL;
+    }
 restore:
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);

@@ -29,6 +29,14 @@ typedef struct {
     cs_worker *w;
 } cs_listen_io;
 
+/* The request a handler thread is running, for --request-timeout.  The lock
+ * orders the watchdog's 504 against the handler's first byte of response. */
+typedef struct {
+    pthread_mutex_t mu;
+    cs_conn *conn;                  /* NULL when idle */
+    uint64_t started;
+} cs_inflight;
+
 struct cs_worker {
     cs_loop *loop;
     const cs_config *cfg;
@@ -50,6 +58,13 @@ struct cs_worker {
     atomic_uint_fast64_t served;
     _Atomic uint64_t *busy_since;   /* per pool thread: when its handler started, 0 idle */
     atomic_int next_thread;
+
+    uint64_t request_ms;            /* --request-timeout, 0: off */
+    cs_inflight *inflight;          /* one per handler thread when request_ms */
+    int ninflight;
+    pthread_t watchdog;
+    atomic_int watchdog_exit;
+    atomic_int retiring;            /* asked the arbiter for a replacement: stop accepting */
 
     atomic_int stopping;            /* graceful stop requested */
     int quitting;                   /* fast stop */
@@ -82,6 +97,12 @@ int cs_worker_run(cs_worker *w);
 /* Count a finished request; past --max-requests ask the arbiter for a
  * replacement (any thread). */
 void cs_worker_request_done(cs_worker *w);
+
+/* The in-flight record of the calling handler thread (request_ms set). */
+cs_inflight *cs_worker_inflight(cs_worker *w);
+
+/* Ask the arbiter for a replacement and stop taking new connections. */
+void cs_worker_retire(cs_worker *w, const char *why);
 
 /* Queue a ready connection for the pool (loop thread). */
 void cs_worker_submit(cs_worker *w, cs_conn *c);
