@@ -567,3 +567,75 @@ def test_workers_max_rss_replaces_a_large_worker(corsac):
         get(srv, "/pid")), 10, interval=0.2)
     assert new, srv.log()
     assert "over --workers-max-rss" in srv.log()
+
+
+# --------------------------------------------------------------------------- hooks, log file, inherited sockets
+
+def test_hooks_run_in_the_right_processes(corsac, tmp_path):
+    notes = tmp_path / "hooks.txt"
+    srv = corsac("arbiter_app:app", "--workers", "2", "--on-starting", "arbiter_hooks:on_starting",
+                 "--post-fork", "arbiter_hooks:post_fork", "--worker-exit", "arbiter_hooks:worker_exit",
+                 env={"CORSAC_TEST_HOOKS": str(notes)})
+    workers = wait_workers(srv, 2)
+    assert get(srv, "/")[0] == 200
+    assert srv.stop() == 0
+    lines = notes.read_text().splitlines()
+    arbiter = srv.proc.pid
+    assert f"on_starting {arbiter}" in lines
+    forks = sorted(l.split()[1:] for l in lines if l.startswith("post_fork"))
+    assert {int(f[1]) for f in forks} == set(workers) and all(f[2] == str(arbiter) for f in forks)
+    exits = {int(l.split()[2]) for l in lines if l.startswith("worker_exit")}
+    assert exits == set(workers)
+
+
+def test_failing_post_fork_hook_stops_the_arbiter(corsac):
+    srv = corsac("arbiter_app:app", "--workers", "2", "--post-fork", "arbiter_hooks:failing", wait=False)
+    assert srv.proc.wait(15) == 1
+    out = srv.log()
+    assert out.count("corsac: error:") == 1 and "hook says no" in out
+
+
+def test_log_file_and_usr1_reopen(corsac, tmp_path):
+    log = tmp_path / "corsac.log"
+    srv = corsac("arbiter_app:app", "--workers", "1", "--log-file", str(log), wait=False)
+    assert wait_for(lambda: log.exists() and "Listening at" in log.read_text(), 15), srv.log()
+    port = int(re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log.read_text()).group(1))
+    srv.port = port
+    assert get(srv, "/")[0] == 200
+    rotated = tmp_path / "corsac.log.1"
+    log.rename(rotated)
+    srv.proc.send_signal(signal.SIGUSR1)
+    assert wait_for(lambda: log.exists() and log.read_text().count("Reopened the log file") >= 2, 10)
+    assert srv.stop() == 0
+    assert "Shutting down" in log.read_text()
+    assert "Booting worker" in rotated.read_text()
+
+
+def test_inherited_socket_fd_and_systemd_listen_fds(tmp_path):
+    import socket
+    import sys
+    from pathlib import Path
+    APPS = Path(__file__).parent / "apps"
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    port = s.getsockname()[1]
+    fd = s.fileno()
+    code = ("import os, sys; os.dup2(%d, 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+            "os.environ['LISTEN_FDS'] = '1'; sys.argv = ['corsac', 'arbiter_app:app', '--workers', '1', "
+            "'--app-dir', %r]; from corsac.__main__ import run; run()" % (fd, str(APPS)))
+    env = dict(os.environ)
+    p = subprocess.Popen([sys.executable, "-c", code], pass_fds=(fd,), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, env=env)
+    try:
+        s.close()
+
+        class S:
+            host, port = "127.0.0.1", None
+        S.port = port
+        assert wait_for(lambda: _raw_status(S, "/", timeout=2) == 200, 15)
+    finally:
+        p.terminate()
+        out = p.communicate(timeout=15)[0].decode()
+    assert p.returncode == 0, out
+    assert f"Listening at: http://127.0.0.1:{port}" in out

@@ -98,22 +98,23 @@ static int is_asgi(PyObject *app)
     return asgi > 0;
 }
 
-PyObject *cs_app_load(const cs_config *cfg, int *interface, char *err, size_t errlen)
+/* Import "module:attr.path" (or just "module", trying `defaults`).  New
+ * reference, or NULL with a one-line reason in err. */
+static PyObject *import_object(const char *spec, const char *app_dir, const char *const *defaults, char *err,
+                               size_t errlen)
 {
     char why[1024];
-    if (prepend_sys_path(cfg->app_dir) < 0) {
+    if (prepend_sys_path(app_dir) < 0) {
         describe_exception(why, sizeof(why));
-        return fail(err, errlen, "cannot use --app-dir %s: %s", cfg->app_dir, why);
+        return fail(err, errlen, "cannot use --app-dir %s: %s", app_dir, why);
     }
-    const char *spec = cfg->app;
     const char *colon = strchr(spec, ':');
     char modname[512];
     size_t ml = colon ? (size_t)(colon - spec) : strlen(spec);
-    if (ml == 0 || ml >= sizeof(modname) || (colon && !colon[1]))
-        return fail(err, errlen, "invalid APP '%s': expected module:attribute", spec);
+    if (ml == 0 || ml >= sizeof(modname) || (colon && !colon[1]) || (!colon && !defaults))
+        return fail(err, errlen, "invalid '%s': expected module:attribute", spec);
     memcpy(modname, spec, ml);
     modname[ml] = '\0';
-
     PyObject *mod = PyImport_ImportModule(modname);
     if (!mod) {
         if (PyErr_ExceptionMatches(PyExc_ModuleNotFoundError)) {
@@ -127,7 +128,7 @@ PyObject *cs_app_load(const cs_config *cfg, int *interface, char *err, size_t er
                                     modname[strlen(missing)] == '.'));
             if (ours) {
                 fail(err, errlen, "cannot import module '%s': no module named '%s' (searched %s and sys.path)",
-                     modname, missing, cfg->app_dir);
+                     modname, missing, app_dir);
                 PyErr_Clear();
                 Py_XDECREF(name);
                 Py_XDECREF(t);
@@ -145,7 +146,6 @@ PyObject *cs_app_load(const cs_config *cfg, int *interface, char *err, size_t er
     const char *attrs = colon ? colon + 1 : NULL;
     PyObject *obj = NULL;
     if (!attrs) {
-        static const char *const defaults[] = {"application", "app", NULL};
         for (int i = 0; defaults[i] && !obj; i++) {
             obj = PyObject_GetAttrString(mod, defaults[i]);
             if (!obj)
@@ -153,8 +153,8 @@ PyObject *cs_app_load(const cs_config *cfg, int *interface, char *err, size_t er
         }
         if (!obj) {
             Py_DECREF(mod);
-            return fail(err, errlen, "module '%s' has no attribute 'application' or 'app'; name it as %s:ATTR",
-                        modname, modname);
+            return fail(err, errlen, "module '%s' has no attribute '%s'%s; name it as %s:ATTR", modname,
+                        defaults[0], defaults[1] ? " or the like" : "", modname);
         }
     } else {
         obj = mod;
@@ -182,6 +182,27 @@ PyObject *cs_app_load(const cs_config *cfg, int *interface, char *err, size_t er
     }
     Py_DECREF(mod);
 
+    return obj;
+}
+
+PyObject *cs_import_callable(const char *spec, const char *app_dir, char *err, size_t errlen)
+{
+    PyObject *obj = import_object(spec, app_dir, NULL, err, errlen);
+    if (obj && !PyCallable_Check(obj)) {
+        Py_DECREF(obj);
+        return fail(err, errlen, "'%s' is not callable", spec);
+    }
+    return obj;
+}
+
+PyObject *cs_app_load(const cs_config *cfg, int *interface, char *err, size_t errlen)
+{
+    static const char *const defaults[] = {"application", "app", NULL};
+    char why[1024];
+    const char *spec = cfg->app;
+    PyObject *obj = import_object(spec, cfg->app_dir, defaults, err, errlen);
+    if (!obj)
+        return NULL;
     if (cfg->factory) {
         PyObject *made = PyObject_CallNoArgs(obj);
         Py_DECREF(obj);

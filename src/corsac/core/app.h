@@ -12,4 +12,7 @@
  * CS_IFACE_WSGI or CS_IFACE_ASGI. */
 PyObject *cs_app_load(const cs_config *cfg, int *interface, char *err, size_t errlen);
 
+/* Import a "module:func" hook (same rules as the app).  NULL with err set. */
+PyObject *cs_import_callable(const char *spec, const char *app_dir, char *err, size_t errlen);
+
 #endif

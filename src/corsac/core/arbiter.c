@@ -449,6 +449,7 @@ static void on_sig(cs_loop *loop, cs_io *io, uint32_t events)
             }
             break;
         case SIGUSR1:
+            cs_log_reopen();
             for (int k = 0; k < a->nchildren; k++)
                 kill(a->children[k].pid, SIGUSR1);
             break;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { T_STR, T_INT, T_FLOAT, T_BOOL, T_CHOICE, T_LIST };
 
@@ -37,7 +38,8 @@ static const cs_option options[] = {
     {"root-path", NULL, 0, T_STR, OFF(root_path), "", NULL, 0, 0, "Application", "PATH",
      "mount point of the app: SCRIPT_NAME, stripped from PATH_INFO"},
     {"bind", NULL, 'b', T_LIST, OFF(binds), "127.0.0.1:8000", NULL, 0, 0, "Binding", "ADDR",
-     "HOST:PORT, [IPV6]:PORT or unix:PATH; repeat for several"},
+     "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeat for several (systemd LISTEN_FDS are used "
+     "when no bind is given)"},
     {"backlog", NULL, 0, T_INT, OFF(backlog), "2048", NULL, 1, 1e6, "Binding", "N",
      "listen(2) queue length"},
     {"workers", NULL, 'w', T_INT, OFF(workers), "0", NULL, 0, 1024, "Workers", "N",
@@ -80,13 +82,21 @@ static const cs_option options[] = {
      "SECONDS", "longest stall reading a body or writing a response"},
     {"graceful-timeout", "timeout-graceful-shutdown", 0, T_FLOAT, OFF(graceful_timeout), "30", NULL, 0, 86400,
      "Timeouts", "SECONDS", "on TERM/INT, how long in-flight requests may finish"},
+    {"log-file", "error-logfile", 0, T_STR, OFF(log_file), "", NULL, 0, 0, "Logging", "FILE",
+     "append the error log (and the app's stderr) here; USR1 reopens it"},
+    {"on-starting", NULL, 0, T_STR, OFF(on_starting), "", NULL, 0, 0, "Hooks", "MODULE:FUNC",
+     "called in the arbiter before the first worker starts"},
+    {"post-fork", NULL, 0, T_STR, OFF(post_fork), "", NULL, 0, 0, "Hooks", "MODULE:FUNC",
+     "called in each new worker, before it loads the app: func(worker)"},
+    {"worker-exit", NULL, 0, T_STR, OFF(worker_exit), "", NULL, 0, 0, "Hooks", "MODULE:FUNC",
+     "called in a worker as it exits: func(worker)"},
     {"log-level", NULL, 0, T_CHOICE, OFF(log_level), "info", cs_log_level_names, 0, 0, "Logging",
      "LEVEL", "debug, info, warning, error or critical"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
 static const char *const group_order[] = {"Application", "Binding", "Workers", "HTTP limits", "Timeouts",
-                                          "Logging", NULL};
+                                          "Logging", "Hooks", NULL};
 
 static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -172,6 +182,14 @@ static int set_value(cs_config *cfg, const cs_option *o, const char *v, const ch
     }
     }
     return fail(err, errlen, "internal: bad option type");
+}
+
+static size_t bind_option(void)
+{
+    size_t i = 0;
+    while (options[i].type != T_LIST)
+        i++;
+    return i;
 }
 
 static void env_name(const cs_option *o, char *buf, size_t len)
@@ -313,6 +331,23 @@ int cs_config_load(cs_config *cfg, int argc, char **argv, char *err, size_t errl
     }
     if (!cfg->app)
         return fail(err, errlen, "missing APP (module:attribute); see 'corsac --help'");
+    /* systemd socket activation: its sockets replace the default bind */
+    const char *lpid = getenv("LISTEN_PID"), *lfds = getenv("LISTEN_FDS");
+    if (!list_from_cli && !getenv("CORSAC_BIND") && lpid && lfds && atol(lpid) == (long)getpid()) {
+        long n = atol(lfds);
+        if (n > 0 && n <= CS_MAX_BINDS) {
+            clear_list(cfg);
+            for (long i = 0; i < n; i++) {
+                char spec[32];
+                snprintf(spec, sizeof(spec), "fd://%ld", 3 + i);
+                if (set_value(cfg, &options[bind_option()], spec, "LISTEN_FDS", err, errlen))
+                    return CS_CONFIG_ERROR;
+            }
+        }
+        unsetenv("LISTEN_PID");
+        unsetenv("LISTEN_FDS");
+        unsetenv("LISTEN_FDNAMES");
+    }
     return CS_CONFIG_OK;
 }
 

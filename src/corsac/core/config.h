@@ -35,6 +35,8 @@ typedef struct {
     char *process_name;
     char *pid_file;
     int log_level;
+    char *log_file;
+    char *on_starting, *post_fork, *worker_exit;   /* module:func hooks */
     char *root_path;
     long limit_request_line;
     long limit_request_fields;

@@ -2,6 +2,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,11 +12,39 @@
 const char *const cs_log_level_names[] = {"debug", "info", "warning", "error", "critical", NULL};
 static const char *const level_tags[] = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"};
 
-/* Process-wide sink settings: set once at start-up, read-only after. */
+/* Process-wide sink settings: set at start-up (the path again on reopen). */
 static int log_level = CS_LOG_INFO;
-static const int log_fd = 2;
+static const int log_fd = 2;          /* always stderr; --log-file points stderr at the file */
+static char log_path[4096];
 
 void cs_log_set_level(int level) { log_level = level; }
+
+int cs_log_open(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -1;
+    if (dup2(fd, log_fd) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    close(fd);
+    if (path != log_path)
+        snprintf(log_path, sizeof(log_path), "%s", path);
+    return 0;
+}
+
+void cs_log_reopen(void)
+{
+    if (!log_path[0])
+        return;
+    if (cs_log_open(log_path) < 0)
+        cs_log(CS_LOG_ERROR, "cannot reopen the log file %s: %s", log_path, strerror(errno));
+    else
+        cs_log(CS_LOG_INFO, "Reopened the log file");
+}
 
 int cs_log_enabled(int level) { return level >= log_level; }
 

@@ -24,13 +24,85 @@ static int usage_error(const char *msg)
     return 2;
 }
 
+typedef struct {
+    PyObject *on_starting, *post_fork, *worker_exit;
+} hooks;
+
+/* Call a hook with the worker described as an object (id, pid, arbiter_pid),
+ * or with no arguments when id is 0.  0, or -1 with a reason in err. */
+static int call_hook(PyObject *fn, const char *name, int id, char *err, size_t errlen)
+{
+    if (!fn)
+        return 0;
+    PyObject *r;
+    if (id) {
+        PyObject *types = PyImport_ImportModule("types");
+        PyObject *ns_type = types ? PyObject_GetAttrString(types, "SimpleNamespace") : NULL;
+        PyObject *kw = Py_BuildValue("{s:i,s:i,s:i}", "id", id, "pid", (int)getpid(), "arbiter_pid",
+                                     (int)getppid());
+        PyObject *args = PyTuple_New(0);
+        PyObject *worker = ns_type && kw && args ? PyObject_Call(ns_type, args, kw) : NULL;
+        r = worker ? PyObject_CallOneArg(fn, worker) : NULL;
+        Py_XDECREF(worker);
+        Py_XDECREF(args);
+        Py_XDECREF(kw);
+        Py_XDECREF(ns_type);
+        Py_XDECREF(types);
+    } else {
+        r = PyObject_CallNoArgs(fn);
+    }
+    if (r) {
+        Py_DECREF(r);
+        return 0;
+    }
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyObject *msg = v ? PyObject_Str(v) : NULL;
+    snprintf(err, errlen, "the %s hook failed: %s: %s", name, t ? ((PyTypeObject *)t)->tp_name : "error",
+             msg && PyUnicode_Check(msg) ? PyUnicode_AsUTF8(msg) : "?");
+    PyErr_Clear();
+    Py_XDECREF(msg);
+    Py_XDECREF(t);
+    Py_XDECREF(v);
+    Py_XDECREF(tb);
+    return -1;
+}
+
+static int load_hooks(const cs_config *cfg, hooks *h, char *err, size_t errlen)
+{
+    const char *specs[3] = {cfg->on_starting, cfg->post_fork, cfg->worker_exit};
+    PyObject **slots[3] = {&h->on_starting, &h->post_fork, &h->worker_exit};
+    static const char *const flags[3] = {"--on-starting", "--post-fork", "--worker-exit"};
+    for (int i = 0; i < 3; i++) {
+        if (!specs[i][0])
+            continue;
+        char why[1024];
+        if (!(*slots[i] = cs_import_callable(specs[i], cfg->app_dir, why, sizeof(why)))) {
+            snprintf(err, errlen, "%s: %.900s", flags[i], why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void drop_hooks(hooks *h)
+{
+    Py_CLEAR(h->on_starting);
+    Py_CLEAR(h->post_fork);
+    Py_CLEAR(h->worker_exit);
+}
+
 /* In a forked worker: load the app (unless preloaded) and serve. */
 static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject *app, int nworkers,
-                       cs_slot *slot, int id)
+                       cs_slot *slot, int id, hooks *hk)
 {
     char title[320], err[1024];
     snprintf(title, sizeof(title), "%s: worker %d", cfg->process_name, id);
     cs_set_process_title(title);
+    if (call_hook(hk->post_fork, "--post-fork", id, err, sizeof(err)) < 0) {
+        fprintf(stderr, "corsac: error: %s\n", err);
+        return CS_EXIT_BOOT;
+    }
     if (app) {
         Py_INCREF(app);
     } else {
@@ -83,6 +155,8 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
     w.cancel = cs_wsgi_cancel;
     w.handler_data = wsgi;
     int rc = cs_worker_run(&w);
+    if (call_hook(hk->worker_exit, "--worker-exit", id, err, sizeof(err)) < 0)
+        cs_log(CS_LOG_ERROR, "%s", err);
     cs_log(CS_LOG_INFO, "Worker exiting (pid: %d)", (int)getpid());
     cs_wsgi_free(wsgi);
     Py_DECREF(app);
@@ -128,8 +202,17 @@ static int run(cs_config *cfg)
     int rc = 1, nl = 0, iface;
     PyObject *app = NULL;
     cs_listener listeners[CS_MAX_BINDS];
+    hooks hk = {0};
     cs_log_set_level(cfg->log_level);
     int nworkers = cfg->workers ? (int)cfg->workers : cs_cpu_count();
+    if (cfg->log_file[0] && cs_log_open(cfg->log_file) < 0) {
+        fprintf(stderr, "corsac: error: cannot open --log-file %s: %s\n", cfg->log_file, strerror(errno));
+        return 1;
+    }
+    if (load_hooks(cfg, &hk, err, sizeof(err)) < 0) {
+        fprintf(stderr, "corsac: error: %s\n", err);
+        return 1;
+    }
 
     if (cfg->preload) {
         if (!(app = cs_app_load(cfg, &iface, err, sizeof(err)))) {
@@ -154,11 +237,16 @@ static int run(cs_config *cfg)
     banner_args banner = {cfg, listeners, nl, nworkers};
     int pid_written = cfg->pid_file[0] && write_pid_file(cfg->pid_file) == 0;
 
+    if (call_hook(hk.on_starting, "--on-starting", 0, err, sizeof(err)) < 0) {
+        fprintf(stderr, "corsac: error: %s\n", err);
+        rc = 1;
+        goto out;
+    }
     cs_slot *slot = NULL;
     int id = 0;
     rc = cs_arbiter_run(cfg, nworkers, print_banner, &banner, &slot, &id);
     if (rc == CS_IN_WORKER) {
-        rc = worker_main(cfg, listeners, nl, app, nworkers, slot, id);
+        rc = worker_main(cfg, listeners, nl, app, nworkers, slot, id, &hk);
         /* the socket files and the pid file belong to the arbiter */
         for (int i = 0; i < nl; i++) {
             free(listeners[i].unix_path);
@@ -172,6 +260,7 @@ out:
     for (int i = 0; i < nl; i++)
         cs_listener_close(&listeners[i]);
     Py_XDECREF(app);
+    drop_hooks(&hk);
     return rc;
 }
 

@@ -44,12 +44,68 @@ static int listen_unix(const char *path, int backlog, cs_listener *out, char *er
     return 0;
 }
 
+/* Describe a bound socket (after bind or when inherited). */
+static void describe(cs_listener *out)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char addr[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (getsockname(out->fd, (struct sockaddr *)&ss, &sl) < 0)
+        return;
+    out->family = ss.ss_family;
+    if (ss.ss_family == AF_UNIX) {
+        struct sockaddr_un *su = (struct sockaddr_un *)&ss;
+        snprintf(out->display, sizeof(out->display), "unix:%s", su->sun_path);
+        snprintf(out->server_name, sizeof(out->server_name), "%s", su->sun_path);
+        out->server_port[0] = '\0';
+        return;
+    }
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &s6->sin6_addr, addr, sizeof(addr));
+        port = ntohs(s6->sin6_port);
+        snprintf(out->display, sizeof(out->display), "http://[%s]:%d", addr, port);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &s4->sin_addr, addr, sizeof(addr));
+        port = ntohs(s4->sin_port);
+        snprintf(out->display, sizeof(out->display), "http://%s:%d", addr, port);
+    }
+    snprintf(out->server_name, sizeof(out->server_name), "%s", addr);
+    snprintf(out->server_port, sizeof(out->server_port), "%d", port);
+}
+
+/* "fd://N": a listening socket inherited from whoever started us. */
+static int listen_fd(const char *num, cs_listener *out, char *err, size_t errlen)
+{
+    char *end;
+    long fd = strtol(num, &end, 10);
+    int acc = 0;
+    socklen_t al = sizeof(acc);
+    if (end == num || *end || fd < 0 || fd > 65535 ||
+        getsockopt((int)fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &al) < 0 || !acc) {
+        snprintf(err, errlen, "fd://%s is not a listening socket", num);
+        return -1;
+    }
+    int fl = fcntl((int)fd, F_GETFL);
+    if (fl < 0 || fcntl((int)fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl((int)fd, F_SETFD, FD_CLOEXEC) < 0) {
+        snprintf(err, errlen, "fd://%s: %s", num, strerror(errno));
+        return -1;
+    }
+    out->fd = (int)fd;
+    describe(out);
+    return 0;
+}
+
 int cs_listen(const char *spec, int backlog, cs_listener *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
     out->fd = -1;
     if (strncmp(spec, "unix:", 5) == 0)
         return listen_unix(spec + 5, backlog, out, err, errlen);
+    if (strncmp(spec, "fd://", 5) == 0)
+        return listen_fd(spec + 5, out, err, errlen);
 
     char host[256], port[16] = "8000";
     const char *colon;
@@ -113,31 +169,9 @@ int cs_listen(const char *spec, int backlog, cs_listener *out, char *err, size_t
         freeaddrinfo(res);
         return -1;
     }
-    out->family = res->ai_family;
     freeaddrinfo(res);
-
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    char addr[INET6_ADDRSTRLEN] = "?";
-    int bound_port = 0;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-            inet_ntop(AF_INET6, &s6->sin6_addr, addr, sizeof(addr));
-            bound_port = ntohs(s6->sin6_port);
-        } else {
-            struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-            inet_ntop(AF_INET, &s4->sin_addr, addr, sizeof(addr));
-            bound_port = ntohs(s4->sin_port);
-        }
-    }
     out->fd = fd;
-    if (out->family == AF_INET6)
-        snprintf(out->display, sizeof(out->display), "http://[%s]:%d", addr, bound_port);
-    else
-        snprintf(out->display, sizeof(out->display), "http://%s:%d", addr, bound_port);
-    snprintf(out->server_name, sizeof(out->server_name), "%s", addr);
-    snprintf(out->server_port, sizeof(out->server_port), "%d", bound_port);
+    describe(out);
     return 0;
 }
 

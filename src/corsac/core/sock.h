@@ -1,6 +1,7 @@
 /* sock.h - listening sockets: parse a --bind spec, bind, listen, describe.
  *
- * Specs: "host:port", "[v6addr]:port", "unix:/path", "host" (port 8000).
+ * Specs: "host:port", "[v6addr]:port", "unix:/path", "host" (port 8000),
+ * "PORT" (127.0.0.1), "fd://N" (an inherited listening socket).
  * The arbiter binds once and every worker inherits the same fds. */
 #ifndef CORSAC_SOCK_H
 #define CORSAC_SOCK_H

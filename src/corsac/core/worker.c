@@ -22,7 +22,7 @@
 #define SWEEP_MS 200
 
 /* Signals meant for the arbiter; a worker started by hand ignores them too. */
-static const int arbiter_only[] = {SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, 0};
+static const int arbiter_only[] = {SIGHUP, SIGTTIN, SIGTTOU, SIGUSR2, 0};
 
 /* Worker state reachable from the signal handler: its only way out. */
 static int sig_pipe[2] = {-1, -1};
@@ -136,8 +136,12 @@ static void sig_io(cs_loop *loop, cs_io *io, uint32_t events)
     (void)loop;
     (void)events;
     ssize_t n = read(io->fd, buf, sizeof(buf));
-    for (ssize_t i = 0; i < n; i++)
-        begin_stop(w, buf[i]);
+    for (ssize_t i = 0; i < n; i++) {
+        if (buf[i] == SIGUSR1)
+            cs_log_reopen();
+        else
+            begin_stop(w, buf[i]);
+    }
 }
 
 static void listen_io(cs_loop *loop, cs_io *io, uint32_t events)
@@ -319,7 +323,7 @@ static int stop_pool(cs_worker *w)
 int cs_worker_run(cs_worker *w)
 {
     int rc = 1, pooled = w->threads > 1;
-    struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term, old_quit, ign = {.sa_handler = SIG_IGN},
+    struct sigaction sa = {.sa_handler = on_signal}, old_int, old_term, old_quit, old_usr1, ign = {.sa_handler = SIG_IGN},
                      old_pipe;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
@@ -340,6 +344,7 @@ int cs_worker_run(cs_worker *w)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGQUIT, &sa, &old_quit);
+    sigaction(SIGUSR1, &sa, &old_usr1);
     sigaction(SIGPIPE, &ign, &old_pipe);
     for (int i = 0; arbiter_only[i]; i++)
         sigaction(arbiter_only[i], &ign, NULL);
@@ -399,6 +404,7 @@ restore:
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     sigaction(SIGQUIT, &old_quit, NULL);
+    sigaction(SIGUSR1, &old_usr1, NULL);
     sigaction(SIGPIPE, &old_pipe, NULL);
 out:
     if (w->wake.fd >= 0)
