@@ -639,3 +639,31 @@ def test_inherited_socket_fd_and_systemd_listen_fds(tmp_path):
         out = p.communicate(timeout=15)[0].decode()
     assert p.returncode == 0, out
     assert f"Listening at: http://127.0.0.1:{port}" in out
+
+
+def test_reuse_port_gives_each_worker_its_own_socket(corsac):
+    srv = corsac("arbiter_app:app", "--workers", "2", "--reuse-port")
+    workers = wait_workers(srv, 2)
+    # each worker holds its own listening socket besides the shared one
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{srv.port}"], capture_output=True, text=True,
+                         timeout=10).stdout if shutil.which("ss") else ""
+    if out:
+        assert len(out.strip().splitlines()) == 3, out
+    pids, failures = set(), 0
+    for _ in range(200):
+        status, body = get(srv, "/pid")
+        if status != 200:
+            failures += 1
+        else:
+            pids.add(int(body))
+    assert failures == 0 and pids == set(workers)
+
+
+def test_umask_applies_to_unix_socket(corsac, tmp_path):
+    import stat
+    path = tmp_path / "c.sock"
+    srv = corsac("arbiter_app:app", "--workers", "1", "--bind", f"unix:{path}", "--umask", "077", wait=False)
+    assert wait_for(lambda: path.exists() and "Listening at" in srv.log(), 15), srv.log()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert srv.stop() == 0
+    assert not path.exists()

@@ -22,6 +22,8 @@ typedef struct {
     char *binds[CS_MAX_BINDS];
     int nbinds;
     long backlog;
+    int reuse_port;
+    char *umask;                    /* octal text, "" = leave the process umask */
     long workers;                   /* 0: one per CPU this process may use */
     long threads;
     double timeout;                 /* worker heartbeat */

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static int usage_error(const char *msg)
@@ -124,9 +125,20 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
         Py_DECREF(app);
         return CS_EXIT_BOOT;
     }
-    cs_listen_io lio[CS_MAX_BINDS];
-    for (int i = 0; i < nl; i++)
-        lio[i].l = &listeners[i];
+    /* --reuse-port: a socket of our own per TCP address, next to the shared
+     * one (still accepted here, so nothing queued there is ever stranded) */
+    cs_listen_io lio[2 * CS_MAX_BINDS];
+    cs_listener own[CS_MAX_BINDS];
+    int nown = 0, nlio = 0;
+    for (int i = 0; i < nl; i++) {
+        lio[nlio++].l = &listeners[i];
+        if (cfg->reuse_port && listeners[i].family != AF_UNIX && listeners[i].server_port[0]) {
+            if (cs_listen_again(&listeners[i], (int)cfg->backlog, &own[nown], err, sizeof(err)) < 0)
+                cs_log(CS_LOG_WARNING, "%s; this worker uses the shared socket only", err);
+            else
+                lio[nlio++].l = &own[nown++];
+        }
+    }
 
     cs_worker w;
     memset(&w, 0, sizeof(w));
@@ -148,7 +160,7 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
     }
     w.slot = slot;
     w.lio = lio;
-    w.nlisteners = nl;
+    w.nlisteners = nlio;
     w.threads = (int)cfg->threads;
     w.handler = cs_wsgi_handle;
     w.resume = cs_wsgi_resume;
@@ -158,6 +170,8 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
     if (call_hook(hk->worker_exit, "--worker-exit", id, err, sizeof(err)) < 0)
         cs_log(CS_LOG_ERROR, "%s", err);
     cs_log(CS_LOG_INFO, "Worker exiting (pid: %d)", (int)getpid());
+    for (int i = 0; i < nown; i++)
+        cs_listener_close(&own[i]);
     cs_wsgi_free(wsgi);
     Py_DECREF(app);
     return rc;
@@ -226,8 +240,19 @@ static int run(cs_config *cfg)
             return 1;
         }
     }
+    cs_listen_opts lo = {.backlog = (int)cfg->backlog, .reuse_port = cfg->reuse_port, .umask = -1};
+    if (cfg->umask[0]) {
+        char *end;
+        long m = strtol(cfg->umask, &end, 8);
+        if (*end || m < 0 || m > 0777) {
+            fprintf(stderr, "corsac: error: --umask: expected an octal mode like 007, got '%s'\n", cfg->umask);
+            rc = 2;
+            goto out;
+        }
+        lo.umask = (int)m;
+    }
     for (; nl < cfg->nbinds; nl++)
-        if (cs_listen(cfg->binds[nl], (int)cfg->backlog, &listeners[nl], err, sizeof(err)) < 0) {
+        if (cs_listen(cfg->binds[nl], &lo, &listeners[nl], err, sizeof(err)) < 0) {
             fprintf(stderr, "corsac: error: %s\n", err);
             goto out;
         }

@@ -14,7 +14,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-static int listen_unix(const char *path, int backlog, cs_listener *out, char *err, size_t errlen)
+static int listen_unix(const char *path, const cs_listen_opts *o, cs_listener *out, char *err, size_t errlen)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof(sa.sun_path)) {
@@ -30,7 +30,11 @@ static int listen_unix(const char *path, int backlog, cs_listener *out, char *er
         snprintf(err, errlen, "socket(AF_UNIX): %s", strerror(errno));
         return -1;
     }
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, backlog) < 0) {
+    mode_t old = o->umask >= 0 ? umask((mode_t)o->umask) : 0;
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+    if (o->umask >= 0)
+        umask(old);
+    if (rc < 0 || listen(fd, o->backlog) < 0) {
         snprintf(err, errlen, "cannot bind unix:%s: %s", path, strerror(errno));
         close(fd);
         return -1;
@@ -98,12 +102,12 @@ static int listen_fd(const char *num, cs_listener *out, char *err, size_t errlen
     return 0;
 }
 
-int cs_listen(const char *spec, int backlog, cs_listener *out, char *err, size_t errlen)
+int cs_listen(const char *spec, const cs_listen_opts *o, cs_listener *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
     out->fd = -1;
     if (strncmp(spec, "unix:", 5) == 0)
-        return listen_unix(spec + 5, backlog, out, err, errlen);
+        return listen_unix(spec + 5, o, out, err, errlen);
     if (strncmp(spec, "fd://", 5) == 0)
         return listen_fd(spec + 5, out, err, errlen);
 
@@ -113,7 +117,7 @@ int cs_listen(const char *spec, int backlog, cs_listener *out, char *err, size_t
         /* a bare port: loopback, like the default */
         char full[32];
         snprintf(full, sizeof(full), "127.0.0.1:%.8s", spec);
-        return cs_listen(full, backlog, out, err, errlen);
+        return cs_listen(full, o, out, err, errlen);
     }
     if (spec[0] == '[') {
         const char *rb = strchr(spec, ']');
@@ -161,9 +165,11 @@ int cs_listen(const char *spec, int backlog, cs_listener *out, char *err, size_t
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (o->reuse_port)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (res->ai_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, o->backlog) < 0) {
         snprintf(err, errlen, "cannot bind %s: %s", spec, strerror(errno));
         close(fd);
         freeaddrinfo(res);
@@ -172,6 +178,39 @@ int cs_listen(const char *spec, int backlog, cs_listener *out, char *err, size_t
     freeaddrinfo(res);
     out->fd = fd;
     describe(out);
+    return 0;
+}
+
+int cs_listen_again(const cs_listener *shared, int backlog, cs_listener *out, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    memset(out, 0, sizeof(*out));
+    out->fd = -1;
+    if (getsockname(shared->fd, (struct sockaddr *)&ss, &sl) < 0) {
+        snprintf(err, errlen, "getsockname: %s", strerror(errno));
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, backlog) < 0) {
+        snprintf(err, errlen, "cannot bind a SO_REUSEPORT socket at %s: %s", shared->display, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    out->fd = fd;
+    describe(out);
+    /* the same name as the shared socket, so the environ does not depend on which accepted */
+    memcpy(out->server_name, shared->server_name, sizeof(out->server_name));
+    memcpy(out->server_port, shared->server_port, sizeof(out->server_port));
     return 0;
 }
 

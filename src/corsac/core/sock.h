@@ -17,8 +17,17 @@ typedef struct {
     char *unix_path;            /* owned; unlinked on close */
 } cs_listener;
 
+typedef struct {
+    int backlog;
+    int reuse_port;             /* SO_REUSEPORT on TCP sockets */
+    int umask;                  /* for unix socket files; -1: the process umask */
+} cs_listen_opts;
+
 /* Bind and listen (non-blocking, close-on-exec).  0, or -1 with err filled. */
-int cs_listen(const char *spec, int backlog, cs_listener *out, char *err, size_t errlen);
+int cs_listen(const char *spec, const cs_listen_opts *o, cs_listener *out, char *err, size_t errlen);
+
+/* A worker's own SO_REUSEPORT socket at the address of a shared TCP listener. */
+int cs_listen_again(const cs_listener *shared, int backlog, cs_listener *out, char *err, size_t errlen);
 void cs_listener_close(cs_listener *l);
 
 #endif
