@@ -103,17 +103,17 @@ def taskset_prefix(cpu):
 
 # ---------------------------------------------------------- server commands
 
-def corsac_cmd(python, app, port, threads=1):
+def corsac_cmd(python, app, port, threads=1, workers=1):
     cmd = [python, "-m", "corsac", app, "--app-dir", APPS_DIR,
            "--bind", "%s:%d" % (HOST, port), "--threads", str(threads),
            "--log-level", "warning"]
     if "--workers" in corsac_help(python):
-        cmd += ["--workers", "1"]
+        cmd += ["--workers", str(workers)]
     return cmd
 
 
-def gunicorn_cmd(gunicorn, app, port, worker_class="sync", threads=1):
-    cmd = [gunicorn, "--workers", "1", "--worker-class", worker_class,
+def gunicorn_cmd(gunicorn, app, port, worker_class="sync", threads=1, workers=1):
+    cmd = [gunicorn, "--workers", str(workers), "--worker-class", worker_class,
            "--chdir", APPS_DIR, "--bind", "%s:%d" % (HOST, port),
            "--log-level", "warning"]
     if worker_class == "gthread":
@@ -121,8 +121,8 @@ def gunicorn_cmd(gunicorn, app, port, worker_class="sync", threads=1):
     return cmd + [app]
 
 
-def granian_cmd(granian, app, port, blocking_threads=1, pipeline_flush=False):
-    cmd = [granian, "--interface", "wsgi", "--workers", "1",
+def granian_cmd(granian, app, port, blocking_threads=1, pipeline_flush=False, workers=1):
+    cmd = [granian, "--interface", "wsgi", "--workers", str(workers),
            "--runtime-threads", "1",
            "--http", "1", "--no-ws", "--host", HOST, "--port", str(port),
            "--working-dir", APPS_DIR, "--log-level", "warning"]

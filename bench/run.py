@@ -83,6 +83,8 @@ def build_args():
                    help="CPU list for the server (taskset -c); '' = no pinning")
     p.add_argument("--wrk-cpu", default="1",
                    help="CPU list for wrk (taskset -c); '' = no pinning")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes for corsac, gunicorn and granian (nginx keeps one)")
     p.add_argument("--gthread-threads", type=int, default=4,
                    help="threads for gunicorn's gthread worker")
     p.add_argument("--granian-blocking-threads", type=int, default=2,
@@ -126,20 +128,20 @@ class Runner:
             if not py:
                 raise bl.Skip("corsac not importable (tried %s)" % (
                     a.corsac_python or "this python and <repo>/.venv/bin/python"))
-            return bl.corsac_cmd(py, sc["app"], port, threads=1)
+            return bl.corsac_cmd(py, sc["app"], port, threads=1, workers=a.workers)
         if server in ("gunicorn-sync", "gunicorn-gthread"):
             g = self.tool("gunicorn")
             if not g:
                 raise bl.Skip("gunicorn not installed (pip install gunicorn)")
             if server == "gunicorn-sync":
-                return bl.gunicorn_cmd(g, sc["app"], port, "sync")
-            return bl.gunicorn_cmd(g, sc["app"], port, "gthread", a.gthread_threads)
+                return bl.gunicorn_cmd(g, sc["app"], port, "sync", workers=a.workers)
+            return bl.gunicorn_cmd(g, sc["app"], port, "gthread", a.gthread_threads, workers=a.workers)
         if server == "granian":
             g = self.tool("granian")
             if not g:
                 raise bl.Skip("granian not installed (pip install granian)")
             return bl.granian_cmd(g, sc["app"], port, a.granian_blocking_threads,
-                                  a.granian_pipeline_flush and sc["pipeline"])
+                                  a.granian_pipeline_flush and sc["pipeline"], workers=a.workers)
         if server == "nginx":
             if not sc["nginx"]:
                 raise bl.Skip("nginx only serves the static hello scenarios")
