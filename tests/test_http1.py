@@ -905,3 +905,22 @@ def test_curl_upload_expect_and_chunked(srv, tmp_path):
     assert out == payload
     out = curl("--http1.0", srv.url + "/stream?n=3")
     assert out == b"chunk-0\nchunk-1\nchunk-2\n"
+
+
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_many_large_keepalive_responses_on_one_connection(corsac, threads):
+    """Responses bigger than the output low-water mark, back to back on one connection: the
+    connection must always go back to reading (a drained queue must not park it)."""
+    srv = corsac("recorder:app", "--threads", threads)
+    conn = http.client.HTTPConnection(srv.host, srv.port, timeout=10)
+    try:
+        for i in range(40):
+            n = 100_000 + i * 7919
+            conn.request("GET", f"/big?n={n}")
+            r = conn.getresponse()
+            assert r.status == 200 and len(r.read()) == n
+            conn.request("POST", "/echo", body=b"y" * 70_000)
+            r = conn.getresponse()
+            assert r.status == 200 and r.read() == b"y" * 70_000
+    finally:
+        conn.close()

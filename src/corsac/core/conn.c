@@ -883,6 +883,7 @@ static void run_handlers(cs_conn *c, int resume)
 {
     cs_worker *w = c->w;
     cs_inflight *f = w->request_ms ? cs_worker_inflight(w) : NULL;
+again:
     do {
         c->cork = c->framed && c->rlen > c->raw;   /* another request is already here */
         c->in_app = 1;
@@ -901,8 +902,22 @@ static void run_handlers(cs_conn *c, int resume)
         resume = 0;
     } while (after_handler(c));
     c->cork = 0;
-    if (c->out_head && !c->broken)
-        flush_out(c);
+    /* Stopped for queued output.  If the socket takes it now, carry on: resume
+     * a suspended response, or go on to the next buffered request.  Never
+     * leave the connection parked in S_APP with nothing to wake it. */
+    if (c->out_head && !c->broken) {
+        int drained = flush_out(c) > 0;
+        if (c->broken || c->closing)
+            return;
+        if (c->req.suspended) {
+            if (c->out_bytes <= OUT_LOW) {
+                resume = 1;
+                goto again;
+            }
+        } else if (drained && c->state == S_APP && conn_next(c) == NEXT_READY) {
+            goto again;
+        }
+    }
 }
 
 void cs_conn_run(cs_conn *c) { run_handlers(c, 0); }
