@@ -667,3 +667,52 @@ def test_umask_applies_to_unix_socket(corsac, tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
     assert srv.stop() == 0
     assert not path.exists()
+
+
+def test_hup_with_broken_code_keeps_the_running_workers(corsac, tmp_path):
+    mod = tmp_path / "arbiter_hup_app.py"
+    _write_module(mod, "v1", "first")
+    srv = corsac("arbiter_hup_app:app", "--workers", "2", app_dir=tmp_path,
+                 env={"PYTHONDONTWRITEBYTECODE": "1"})
+    old = wait_workers(srv, 2)
+    mod.write_text("raise RuntimeError('deploy went wrong')\n")
+    srv.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "keeping the running ones" in srv.log(), 10), srv.log()
+    for _ in range(20):
+        assert get(srv, "/") == (200, b"v1")
+    assert srv.proc.poll() is None
+    assert set(children(srv.proc.pid)) >= set(old)
+    # the fixed code goes live on the next HUP
+    _write_module(mod, "v2", "second")
+    srv.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: get(srv, "/") == (200, b"v2"), 15), srv.log()
+
+
+def test_sigint_to_the_process_group_lets_inflight_finish(tmp_path):
+    """Ctrl-C reaches the arbiter and every worker at once; a worker then hears
+    the stop twice (directly and from the arbiter) and must still drain."""
+    import sys
+    from pathlib import Path
+    apps = Path(__file__).parent / "apps"
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        p = subprocess.Popen([sys.executable, "-m", "corsac", "arbiter_app:app", "--app-dir", str(apps),
+                              "--bind", "127.0.0.1:0", "--workers", "1", "--threads", "4"],
+                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        m = wait_for(lambda: re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", log.read_text()), 15)
+        assert m, log.read_text()
+
+        class S:
+            host, port = "127.0.0.1", int(m.group(1))
+        res = {}
+        t = threading.Thread(target=lambda: res.update(r=get(S, "/slow?s=1.5", timeout=10)))
+        t.start()
+        time.sleep(0.5)
+        os.killpg(p.pid, signal.SIGINT)
+        t.join(10)
+        assert res.get("r") == (200, b"slow done"), log.read_text()
+        assert p.wait(15) == 0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)

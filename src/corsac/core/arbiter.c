@@ -28,6 +28,7 @@
 #define TICK_MS 200
 #define ABORT_GRACE_MS 5000
 #define MAX_BOOT_FAILURES 5
+#define BOOT_ALLOWANCE_MS 60000   /* least time a booting worker gets, whatever --timeout */
 
 typedef struct {
     pid_t pid;
@@ -36,6 +37,7 @@ typedef struct {
     int slot;
     int stopping;           /* we told it to go: its exit is expected */
     int ever_ready;
+    int boot_timeout;       /* killed for not booting in time */
     uint64_t spawned;
     uint64_t retire_at;     /* --workers-lifetime, jittered; 0: never */
     uint64_t kill_at;       /* SIGKILL then, if still alive */
@@ -269,25 +271,38 @@ static void reap(cs_arbiter *a)
         if (!c)
             continue;
         int ready = c->ever_ready || atomic_load(&a->slots[c->slot].state) != CS_SLOT_BOOTING;
-        int boot_error = WIFEXITED(st) && WEXITSTATUS(st) == CS_EXIT_BOOT;
-        if (boot_error && a->mode == RUNNING) {
-            /* the worker printed why; nothing to add but the exit */
-            cs_log(CS_LOG_DEBUG, "Worker (pid:%d) could not load the app", (int)pid);
-            a->exit_code = 1;
-            begin_stop(a, QUITTING);
-        } else if (!c->stopping) {
-            if (WIFSIGNALED(st))
+        int boot_error = (WIFEXITED(st) && WEXITSTATUS(st) == CS_EXIT_BOOT) || c->boot_timeout;
+        if (!c->stopping || boot_error) {
+            if (!boot_error && WIFSIGNALED(st))
                 cs_log(CS_LOG_ERROR, "Worker (pid:%d) was killed by signal %d", (int)pid, WTERMSIG(st));
-            else
+            else if (!boot_error)
                 cs_log(CS_LOG_ERROR, "Worker (pid:%d) exited with code %d", (int)pid, WEXITSTATUS(st));
             a->next_spawn_ok = cs_now_ms() + (uint64_t)(a->cfg->respawn_interval * 1000);
-            if (!ready && (!a->booted || ++a->boot_failures >= MAX_BOOT_FAILURES)) {
-                if (a->mode == RUNNING)
-                    cs_log(CS_LOG_ERROR, "Worker (pid:%d) failed to boot; stopping", (int)pid);
-                a->exit_code = 1;
-                begin_stop(a, QUITTING);
-            } else if (ready) {
-                a->boot_failures = 0;
+            if (boot_error || !ready) {
+                if (!a->booted) {
+                    /* the very first worker: its own error line said why */
+                    a->exit_code = 1;
+                    begin_stop(a, QUITTING);
+                } else if (++a->boot_failures >= MAX_BOOT_FAILURES) {
+                    cs_log(CS_LOG_ERROR, "%d workers in a row failed to boot; stopping", a->boot_failures);
+                    a->exit_code = 1;
+                    begin_stop(a, QUITTING);
+                } else {
+                    /* e.g. a reload with broken code: keep serving with the
+                     * workers that run, retry with a growing pause */
+                    int keep = -1;
+                    for (int k = 0; k < a->nchildren; k++) {
+                        cs_child *o = &a->children[k];
+                        if (o != c && o->ever_ready && !o->stopping && o->gen >= 0 && o->gen != a->gen)
+                            keep = o->gen > keep ? o->gen : keep;
+                    }
+                    if (c->gen == a->gen && keep >= 0) {
+                        cs_log(CS_LOG_ERROR, "New workers cannot load the app; keeping the running ones");
+                        a->gen = keep;
+                    }
+                    uint64_t pause = 1000ULL << (a->boot_failures < 5 ? a->boot_failures : 5);
+                    a->next_spawn_ok = cs_now_ms() + pause;
+                }
             }
         }
         atomic_store(&a->slots[c->slot].pid, 0);
@@ -365,6 +380,7 @@ static void tick(cs_loop *loop, void *data)
         int state = atomic_load(&s->state);
         if (!c->ever_ready && state != CS_SLOT_BOOTING) {
             c->ever_ready = 1;
+            a->boot_failures = 0;
             if (!a->booted) {
                 a->booted = 1;
                 if (a->on_ready)
@@ -380,8 +396,12 @@ static void tick(cs_loop *loop, void *data)
         }
         if (c->stopping)
             continue;
-        if (timeout && now > atomic_load(&s->heartbeat) + timeout) {
-            cs_log(CS_LOG_CRITICAL, "WORKER TIMEOUT (pid:%d)", (int)c->pid);
+        /* importing a big app may take longer than a request may */
+        uint64_t allowed = c->ever_ready || timeout > BOOT_ALLOWANCE_MS ? timeout : BOOT_ALLOWANCE_MS;
+        if (timeout && now > atomic_load(&s->heartbeat) + allowed) {
+            cs_log(CS_LOG_CRITICAL, "WORKER TIMEOUT (pid:%d)%s", (int)c->pid, c->ever_ready ? "" : " while booting");
+            if (!c->ever_ready)
+                c->boot_timeout = 1;
             c->gen = -1;
             c->stopping = 1;
             c->kill_at = now + ABORT_GRACE_MS;
@@ -391,8 +411,7 @@ static void tick(cs_loop *loop, void *data)
         if (c->gen != a->gen)
             continue;
         if (state == CS_SLOT_RETIRE) {
-            cs_log(CS_LOG_INFO, "Worker (pid:%d) asked to be replaced after %llu requests", (int)c->pid,
-                   (unsigned long long)atomic_load(&s->requests));
+            cs_log(CS_LOG_INFO, "Worker (pid:%d) asked to be replaced", (int)c->pid);
             c->gen = -1;
         } else if (c->retire_at && now >= c->retire_at && c->ever_ready) {
             cs_log(CS_LOG_INFO, "Worker (pid:%d) reached --workers-lifetime; replacing it", (int)c->pid);

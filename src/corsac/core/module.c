@@ -8,6 +8,7 @@
 #include "arbiter.h"
 #include "config.h"
 #include "log.h"
+#include "loop.h"
 #include "sock.h"
 #include "worker.h"
 #include "wsgi.h"
@@ -98,6 +99,7 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
                        cs_slot *slot, int id, hooks *hk)
 {
     char title[320], err[1024];
+    srandom((unsigned)getpid() ^ (unsigned)cs_now_ms());   /* each worker its own jitter */
     snprintf(title, sizeof(title), "%s: worker %d", cfg->process_name, id);
     cs_set_process_title(title);
     if (call_hook(hk->post_fork, "--post-fork", id, err, sizeof(err)) < 0) {
@@ -128,6 +130,7 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
     /* --reuse-port: a socket of our own per TCP address, next to the shared
      * one (still accepted here, so nothing queued there is ever stranded) */
     cs_listen_io lio[2 * CS_MAX_BINDS];
+    memset(lio, 0, sizeof(lio));
     cs_listener own[CS_MAX_BINDS];
     int nown = 0, nlio = 0;
     for (int i = 0; i < nl; i++) {
@@ -135,8 +138,10 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
         if (cfg->reuse_port && listeners[i].family != AF_UNIX && listeners[i].server_port[0]) {
             if (cs_listen_again(&listeners[i], (int)cfg->backlog, &own[nown], err, sizeof(err)) < 0)
                 cs_log(CS_LOG_WARNING, "%s; this worker uses the shared socket only", err);
-            else
+            else {
+                lio[nlio].own = 1;
                 lio[nlio++].l = &own[nown++];
+            }
         }
     }
 

@@ -110,18 +110,31 @@ static void after_wait(void *data) { (void)data; PyEval_RestoreThread(loop_ts); 
 
 static void stop_accepting(cs_worker *w)
 {
-    for (int i = 0; i < w->nlisteners; i++)
-        cs_loop_watch(w->loop, &w->lio[i].io, 0);
+    for (int i = 0; i < w->nlisteners; i++) {
+        cs_listen_io *lio = &w->lio[i];
+        cs_loop_watch(w->loop, &lio->io, 0);
+        if (lio->own && lio->l->fd >= 0) {
+            /* our own SO_REUSEPORT socket: nobody else accepts from it, so
+             * take what is queued (served, then closed) and leave the group */
+            cs_conn_accept(w, lio);
+            close(lio->l->fd);
+            lio->l->fd = -1;
+        }
+    }
 }
 
 static void begin_stop(cs_worker *w, int sig)
 {
-    if (sig == SIGQUIT || atomic_load(&w->stopping)) {
-        cs_log(CS_LOG_INFO, "Handling signal: %s; stopping now", sig == SIGQUIT ? "quit" : "repeated stop");
+    if (sig == SIGQUIT) {
+        cs_log(CS_LOG_INFO, "Handling signal: quit; stopping now");
         w->quitting = 1;
         cs_loop_stop(w->loop);
         return;
     }
+    /* Ctrl-C or a signal to the process group reaches a worker directly and
+     * again through the arbiter: a repeat must not cut in-flight requests. */
+    if (atomic_load(&w->stopping))
+        return;
     cs_log(CS_LOG_INFO, "Handling signal: %s; finishing in-flight requests (up to %.0f s)",
            sig == SIGINT ? "int" : "term", w->graceful_ms / 1000.0);
     atomic_store(&w->stopping, 1);

@@ -27,6 +27,7 @@ typedef struct {
     cs_io io;
     cs_listener *l;
     cs_worker *w;
+    int own;                        /* this worker's own SO_REUSEPORT socket */
 } cs_listen_io;
 
 /* The request a handler thread is running, for --request-timeout.  The lock
