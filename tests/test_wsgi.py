@@ -977,3 +977,25 @@ def test_body_read_timeout_raises_oserror_in_app(srv, paths, threads):
     if rec is not None:
         assert rec == ["OSError:True"] or rec[0].endswith(":True"), rec
     assert request(s, "GET", "/in?mode=read").status == 200
+
+
+def test_file_wrapper_shorter_than_content_length_closes(corsac, tmp_path):
+    """The file has fewer bytes than the app's Content-Length: the server sends what there is and
+    closes, so the client is never left waiting on a keep-alive connection for bytes that never come."""
+    path = tmp_path / "short.bin"
+    path.write_bytes(b"z" * 5000)
+    s = corsac("wsgi_apps:file_app", env={"CORSAC_TEST_FILE": str(path)})
+    sock = socket.create_connection((s.host, s.port), timeout=5)
+    try:
+        sock.sendall(b"GET /?cl=1&extra=10 HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        sock.settimeout(5)
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"Content-Length: 5010" in head and body == b"z" * 5000
+    finally:
+        sock.close()

@@ -463,6 +463,7 @@ def file_app(environ, start_response):
     """Serves CORSAC_TEST_FILE through wsgi.file_wrapper.
 
     ?cl=1        the app sets Content-Length (remaining bytes from the offset)
+    ?extra=N     ... and claims N bytes more than the file has
     ?offset=N    seek the file to N before wrapping (the response is the rest of the file)
     ?kind=plain|record|nofileno   (record/nofileno record close() under ?tag=)
     """
@@ -487,7 +488,7 @@ def file_app(environ, start_response):
         f.seek(offset)
     headers = [("Content-Type", "application/octet-stream")]
     if q.get("cl"):
-        headers.append(("Content-Length", str(size)))
+        headers.append(("Content-Length", str(size + int(q.get("extra") or 0))))
     start_response("200 OK", headers)
     return environ["wsgi.file_wrapper"](f, 65536)
 

@@ -808,8 +808,16 @@ static int h1_sendfile(cs_req *r, const cs_resp_head *h, int fd, off_t off, uint
             return -1;
         }
     }
-    if (c->resp_mode == R_LENGTH)
+    if (c->resp_mode == R_LENGTH) {
         c->resp_left -= len;
+        if (c->resp_left) {
+            /* the file is shorter than the app's Content-Length: the client
+             * waits for bytes that never come, so the connection cannot go on */
+            cs_log(CS_LOG_WARNING, "conn: file for %s is %llu bytes short of its Content-Length; closing",
+                   c->peer, (unsigned long long)c->resp_left);
+            c->closing = 1;
+        }
+    }
     /* The loop drains file segments with sendfile once the handler returns,
      * so a slow client never holds an app thread. */
     if (queue_file(c, fd, off, (size_t)len) < 0)
@@ -1068,6 +1076,15 @@ static void conn_io(cs_loop *loop, cs_io *io, uint32_t events)
         }
         break;
     }
+    case S_APP:
+        if (!c->in_pool && !c->in_app && !c->req.suspended) {
+            /* nothing should leave a connection here between requests; if a
+             * path ever does, pick the connection up rather than spin on it */
+            cs_log(CS_LOG_ERROR, "conn: event for %s in the app state; resuming it", c->peer);
+            c->state = S_IDLE;
+            conn_advance(c);
+        }
+        break;
     case S_LINGER: {
         char scratch[4096];
         for (;;) {

@@ -1,0 +1,1261 @@
+"""The whole server under AddressSanitizer + UndefinedBehaviorSanitizer.
+
+Once per session the extension is built into a temporary directory with meson
+(`-Db_sanitize=address,undefined`, -O1, debug info) and put in a temporary
+`corsac/` package.  The real `python -m corsac` is then started from that
+package with the sanitizer runtimes preloaded, once with `--threads 1` (the app
+runs on the I/O loop thread, slow readers suspend it) and once with
+`--threads 4` (a pool), and driven over real sockets with a representative mix:
+keep-alive and pipelined requests, Content-Length and chunked uploads read in
+every wsgi.input style, 100-continue, HEAD, big responses read slowly, clients
+that disconnect or stall mid-request and mid-response, malformed and smuggling
+requests, the wsgiref validator, invalid responses and app errors, slowloris
+heads, a second (AF_UNIX) listener and a concurrent mix.  After every scenario
+the server must still be alive, with no sanitizer report and no dead worker in
+its log (the arbiter would respawn one); at the end it is stopped with SIGTERM
+and must exit 0 with a clean log.  Two extra servers: one with
+--request-timeout (the watchdog thread answers 504 and the worker is replaced),
+and one where the app plants a use-after-free through ctypes, to prove a report
+from a worker process really reaches the log these checks read.
+
+A report fails the scenario that caused it, with the report (top frames) in
+the failure message; every later test of that server then fails at once.
+
+Why the environment looks the way it does:
+* PYTHONMALLOC=malloc: small Python objects (wsgi.input, bytes, strings) are
+  then allocated with the intercepted malloc too, so a reference-counting
+  mistake in wsgi.c that touches a freed object is reported instead of being
+  hidden inside pymalloc's arenas.
+* MESONPY_EDITABLE_SKIP: the venv has an editable install whose import hook
+  runs before PYTHONPATH; this (meson-python's own switch) disables it so the
+  sanitized build is the one imported.  A probe checks that it really is.
+* detect_leaks=0: CPython itself does not free everything at exit.
+
+The apps are the ones in tests/apps, reached through a small dispatcher module
+(written to the temporary package) that routes on the first path segment:
+/r/... recorder.app, /env environ_app, /in input_app, /bad/... bad_header_app,
+/val/... the wsgiref-validated app, and so on; /x/... holds a few edge cases of
+its own (many/long response headers, >64-item bodies, an app that keeps
+wsgi.input and write() past the end of its request...).
+
+Set CORSAC_SANITIZER_CC=clang to build with clang instead of gcc."""
+import hashlib
+import os
+import random
+import re
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC_PKG = ROOT / "src" / "corsac"
+BUILD_TIMEOUT = 240           # a ceiling; the build takes ~10 s on 2 cores
+BODY_LIMIT = 1 << 20
+
+REPORT_RE = re.compile(
+    r"ERROR: (?:AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer)|runtime error:|"
+    r"LeakSanitizer|AddressSanitizer CHECK failed|Sanitizer:DEADLYSIGNAL")
+# A worker that died some other way (the arbiter respawns it, so the server looks alive).
+DEATH_RE = re.compile(r"Worker \(pid:\d+\) (?:was killed by signal|exited with code)|WORKER TIMEOUT|"
+                      r"Fatal Python error")
+
+# --------------------------------------------------------------------------- the dispatcher app
+
+MUX_SOURCE = r'''
+"""Dispatcher for tests/test_sanitizers.py (generated; do not edit)."""
+import os
+
+import recorder
+import wsgi_apps
+
+_stash = {}
+
+
+def _extra(environ, start_response):
+    path = environ["PATH_INFO"]
+    q = wsgi_apps._qs(environ)
+    text = [("Content-Type", "text/plain")]
+    if path == "/many-headers":          # > 24 headers and > 4 KiB of head
+        n, size = int(q.get("n", 40)), int(q.get("size", 150))
+        start_response("200 OK", text + [("X-H-%d" % i, chr(97 + i % 26) * size) for i in range(n)])
+        return [b"many headers"]
+    if path == "/long-reason":
+        start_response("299 " + "R" * int(q.get("n", 5000)), text)
+        return [b"long reason"]
+    if path == "/many-items":            # more than one writev batch / iovec block
+        items = [b"%d," % i for i in range(int(q.get("n", 200)))]
+        start_response("200 OK", text)
+        return tuple(items) if q.get("tuple") else items
+    if path == "/tiny-gen":
+        n = int(q.get("n", 3000))
+        start_response("200 OK", text)
+        return (b"y" for _ in range(n))
+    if path == "/gen-bad-item":
+        start_response("200 OK", text)
+
+        def gen():
+            yield b"fine;"
+            yield "not bytes"
+        return gen()
+    if path == "/write-in-gen":
+        write = start_response("200 OK", text)
+
+        def gen():
+            yield b"a;"
+            write(b"written-from-gen;")
+            yield b"b"
+        return gen()
+    if path == "/close-raises":
+        class Body:
+            def __iter__(self):
+                return iter([b"body;", b"more"])
+
+            def close(self):
+                raise RuntimeError("corsac-sanitizer close failure")
+        start_response("200 OK", text)
+        return Body()
+    if path == "/exc-info-no-tb":         # exc_info after the head went out, traceback None
+        write = start_response("200 OK", text)
+        write(b"partial;")
+        start_response("500 Internal Server Error", text, (ValueError, ValueError("late"), None))
+        return [b"never"]
+    if path == "/file-cl":                # file_wrapper with the app's own Content-Length
+        f = open(os.environ["CORSAC_TEST_FILE"], "rb")
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", q["cl"])])
+        return environ["wsgi.file_wrapper"](f, 8192)
+    if path == "/stash":                  # keep wsgi.input, write() and environ past the request
+        _stash["input"] = environ["wsgi.input"]
+        _stash["environ"] = environ
+        _stash["write"] = start_response("200 OK", text)
+        _stash["input"].read(3)
+        return [b"stashed"]
+    if path == "/use-stash":
+        inp, write = _stash["input"], _stash["write"]
+        calls = [("read", lambda: inp.read()), ("read5", lambda: inp.read(5)),
+                 ("readline", lambda: inp.readline()), ("readlines", lambda: inp.readlines()),
+                 ("iter", lambda: list(inp)), ("write", lambda: write(b"late"))]
+        out = []
+        for name, call in calls:
+            try:
+                out.append("%s=%r" % (name, call()))
+            except Exception as e:
+                out.append("%s!%s" % (name, type(e).__name__))
+        start_response("200 OK", text)
+        return [";".join(out).encode()]
+    if path == "/asan-selftest" and os.environ.get("CORSAC_SANITIZER_SELFTEST"):
+        import ctypes                     # a heap-use-after-free inside the server process
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        p = libc.malloc(16)
+        libc.free(ctypes.c_void_p(p))
+        ctypes.memmove(ctypes.create_string_buffer(16), p, 16)
+    start_response("404 Not Found", text)
+    return [b"no such extra route"]
+
+
+ROUTES = {
+    "r": recorder.app,
+    "env": wsgi_apps.environ_app,
+    "in": wsgi_apps.input_app,
+    "write": wsgi_apps.write_app,
+    "exc": wsgi_apps.exc_info_app,
+    "exclate": wsgi_apps.exc_info_late_app,
+    "twice": wsgi_apps.twice_app,
+    "raise": wsgi_apps.raise_app,
+    "raiseafter": wsgi_apps.raise_after_app,
+    "bad": wsgi_apps.bad_header_app,
+    "badbody": wsgi_apps.bad_body_app,
+    "close": wsgi_apps.close_app,
+    "file": wsgi_apps.file_app,
+    "val": wsgi_apps.validated_app,
+    "x": _extra,
+}
+
+
+def app(environ, start_response):
+    seg, _, rest = environ.get("PATH_INFO", "/")[1:].partition("/")
+    target = ROUTES.get(seg)
+    if target is None:
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"no such app\n"]
+    environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + "/" + seg
+    environ["PATH_INFO"] = "/" + rest
+    return target(environ, start_response)
+'''
+
+# --------------------------------------------------------------------------- building
+
+
+def _tool(name):
+    for d in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
+        if (d / name).exists():
+            return str(d / name)
+    return shutil.which(name)
+
+
+def _runtime(cc):
+    """LD_PRELOAD list for the sanitizer runtimes of cc, or None if missing."""
+    names = (["libasan.so", "libubsan.so"] if cc == "gcc"
+             else ["libclang_rt.asan-x86_64.so"])   # clang's ASan runtime includes UBSan
+    libs = []
+    for name in names:
+        try:
+            p = subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True,
+                               timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if not os.path.isabs(p) or not os.path.exists(p):
+            return None
+        libs.append(os.path.realpath(p))
+    return libs
+
+
+def _probe_compiler(cc, tmp):
+    """Can cc build a sanitized shared object at all?"""
+    c = tmp / "probe.c"
+    c.write_text("int corsac_probe(int *p) { return p[1]; }\n")
+    flags = ["-shared-libsan"] if cc != "gcc" else []
+    r = subprocess.run([cc, "-fsanitize=address,undefined", "-fPIC", "-shared", *flags,
+                        "-o", str(tmp / "probe.so"), str(c)], capture_output=True, text=True, timeout=60)
+    return r.returncode == 0, r.stderr
+
+
+def _editable_build_dirs():
+    """Build dirs of meson-python editable import hooks (they win over PYTHONPATH)."""
+    return [str(f._build_path) for f in sys.meta_path if isinstance(getattr(f, "_build_path", None), str)]
+
+
+@pytest.fixture(scope="session")
+def sanitized(tmp_path_factory):
+    """Build the sanitized extension once; return the environment that runs it."""
+    cc = os.environ.get("CORSAC_SANITIZER_CC", "gcc")
+    if not shutil.which(cc):
+        pytest.skip(f"{cc} not found: sanitizer build unavailable")
+    meson, ninja = _tool("meson"), _tool("ninja")
+    if not meson or not ninja:
+        pytest.skip("meson/ninja not found: sanitizer build unavailable")
+    libs = _runtime(cc)
+    if not libs:
+        pytest.skip(f"the AddressSanitizer/UBSan runtime of {cc} is not installed")
+    tmp = tmp_path_factory.mktemp("sanitized")
+    ok, err = _probe_compiler(cc, tmp)
+    if not ok:
+        pytest.skip(f"{cc} cannot build with -fsanitize=address,undefined:\n{err[-2000:]}")
+
+    bdir = tmp / "build"
+    env = dict(os.environ, CC=cc)
+    env.pop("LD_PRELOAD", None)
+    env["PATH"] = str(Path(ninja).parent) + os.pathsep + env.get("PATH", "")
+    c_args = "-fno-omit-frame-pointer -g"
+    link_args = "-shared-libsan" if cc != "gcc" else ""
+    setup = [meson, "setup", str(bdir), str(ROOT), "-Db_sanitize=address,undefined", "-Db_lundef=false",
+             "-Dbuildtype=debug", "-Doptimization=1", "-Dwerror=false",
+             f"-Dc_args={c_args}", f"-Dc_link_args={link_args}",
+             f"--native-file={_native_file(tmp)}"]
+    deadline = time.monotonic() + BUILD_TIMEOUT
+    for cmd in (setup, [ninja, "-C", str(bdir), "-j", "2"]):
+        try:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp,
+                               timeout=max(5, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"sanitizer build timed out: {' '.join(cmd)}")
+        if r.returncode:
+            pytest.fail(f"sanitizer build failed: {' '.join(cmd)}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+    sos = list(bdir.glob("_core*.so"))
+    if len(sos) != 1:
+        pytest.fail(f"sanitizer build produced {sos!r}, expected one _core*.so")
+
+    pkgroot = tmp / "pkg"
+    pkg = pkgroot / "corsac"
+    pkg.mkdir(parents=True)
+    for name in ("__init__.py", "__main__.py"):
+        shutil.copy(SRC_PKG / name, pkg / name)
+    shutil.copy(sos[0], pkg / sos[0].name)
+    (pkgroot / "corsac_sanitizer_mux.py").write_text(MUX_SOURCE)
+
+    run_env = {
+        "PYTHONPATH": str(pkgroot),
+        "MESONPY_EDITABLE_SKIP": os.pathsep.join(_editable_build_dirs() + [os.environ.get(
+            "MESONPY_EDITABLE_SKIP", "")]).strip(os.pathsep),
+        "LD_PRELOAD": ":".join(libs),
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0:halt_on_error=1:print_summary=1",
+        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+        "PYTHONMALLOC": "malloc",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    # The sanitized build must be the one imported, with the runtime live.
+    probe = ("import ctypes, corsac._core as c; print(c.__file__); "
+             "d = ctypes.CDLL(None); "
+             "print(hasattr(d, '__asan_init') and hasattr(d, '__ubsan_handle_add_overflow'))")
+    r = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, **run_env),
+                       capture_output=True, text=True, timeout=60)
+    lines = r.stdout.split()
+    if r.returncode:
+        pytest.fail(f"the sanitized build cannot be imported (rc {r.returncode}):\n{r.stderr[-3000:]}")
+    if len(lines) != 2 or not lines[0].startswith(str(pkg)) or lines[1] != "True":
+        pytest.fail(f"the sanitized build is not what gets imported, or its runtime is not loaded:\n"
+                    f"{r.stdout}\n{r.stderr[-3000:]}")
+    return run_env
+
+
+def _native_file(tmp):
+    """Pin meson's python to this interpreter (the one the server runs with)."""
+    f = tmp / "native.ini"
+    f.write_text(f"[binaries]\npython = '{sys.executable}'\n")
+    return f
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class San:
+    def __init__(self, server, threads, closed_path, file_path, sock_path=None):
+        self.server = server
+        self.threads = threads
+        self.closed_path = closed_path
+        self.file_path = file_path
+        self.file_data = file_path.read_bytes()
+        self.sock_path = sock_path
+
+    def closed_lines(self):
+        try:
+            return self.closed_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+
+def sanitizer_report(log):
+    m = REPORT_RE.search(log)
+    if not m:
+        return None
+    start = log.rfind("=================", 0, m.start())
+    start = start if start >= 0 and m.start() - start < 400 else max(0, m.start() - 300)
+    rep = log[start:start + 12000]
+    cut = rep.find("Shadow bytes around")
+    return rep[:cut] + "[shadow bytes omitted]\n" if cut > 0 else rep
+
+
+def assert_healthy(s, what=""):
+    """No sanitizer report so far, the server is alive and answers."""
+    log = s.server.log()
+    rep = sanitizer_report(log)
+    if rep:
+        pytest.fail(f"sanitizer report (--threads {s.threads}) {what}:\n{rep}", pytrace=False)
+    death = DEATH_RE.search(log)
+    if s.server.proc.poll() is not None or death:
+        pytest.fail(f"server/worker died (rc {s.server.proc.poll()}, --threads {s.threads}) {what}:\n"
+                    f"{log[max(0, death.start() - 4000) if death else -6000:][:8000]}", pytrace=False)
+    c = Conn(s)
+    try:
+        c.send(req("GET", "/r/health", [b"Connection: close"]))
+        assert c.response().status == 200
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module", params=[1, 4], ids=["threads1", "threads4"])
+def san(request, sanitized, tmp_path_factory):
+    threads = request.param
+    tmp = tmp_path_factory.mktemp(f"san-t{threads}")
+    file_path = tmp / "served.bin"
+    file_path.write_bytes(random.Random(7).randbytes(1536 * 1024 + 123))
+    env = dict(sanitized, CORSAC_TEST_FILE=str(file_path), CORSAC_TEST_CLOSED=str(tmp / "closed.txt"))
+    sock_path = tmp / "corsac.sock"
+    srv = Server("corsac_sanitizer_mux:app",
+                 ["--bind", "127.0.0.1:0", "--bind", f"unix:{sock_path}",   # two listeners, TCP and AF_UNIX
+                  "--threads", str(threads), "--header-read-timeout", "1", "--body-read-timeout", "2",
+                  "--graceful-timeout", "5", "--limit-request-body", str(BODY_LIMIT)],
+                 env=env, tmp_path=tmp, wait=False)
+    try:
+        srv.wait_listening(timeout=60)
+    except RuntimeError as e:
+        srv.stop()
+        pytest.fail(f"sanitized server did not start: {e}")
+    s = San(srv, threads, tmp / "closed.txt", file_path, sock_path)
+    yield s
+    rc = srv.stop()
+    rep = sanitizer_report(srv.log())
+    if rep:
+        pytest.fail(f"sanitizer report (--threads {threads}) at shutdown (rc {rc}):\n{rep}", pytrace=False)
+
+
+@pytest.fixture
+def s(san):
+    log = san.server.log()
+    if san.server.proc.poll() is not None or sanitizer_report(log) or DEATH_RE.search(log):
+        pytest.fail(f"the sanitized server (--threads {san.threads}) failed in an earlier test "
+                    f"(rc {san.server.proc.poll()}):\n{sanitizer_report(log) or log[-6000:]}", pytrace=False)
+    yield san
+    assert_healthy(san)
+
+
+# --------------------------------------------------------------------------- HTTP client helpers
+
+
+def req(method, path, headers=(), body=b"", version=b"HTTP/1.1", host=True, cl=None):
+    lines = [f"{method} {path} ".encode() + version]
+    if host:
+        lines.append(b"Host: sanitizer.test")
+    lines += list(headers)
+    if cl is None and body and not any(h.lower().startswith(b"transfer-encoding") for h in headers):
+        cl = len(body)
+    if cl is not None:
+        lines.append(b"Content-Length: %d" % cl)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def chunked(data, sizes=(1, 7, 100, 4096, 70000), ext=False, trailers=b""):
+    out, i, k = [], 0, 0
+    while i < len(data):
+        n = sizes[k % len(sizes)]
+        piece = data[i:i + n]
+        out.append(b"%x%s\r\n%s\r\n" % (len(piece), b";e=1;q=\"v\"" if ext and k % 2 else b"", piece))
+        i += n
+        k += 1
+    return b"".join(out) + b"0\r\n" + trailers + b"\r\n"
+
+
+class Resp:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+    def __repr__(self):
+        return f"<Resp {self.status} {self.headers} {self.body[:200]!r}>"
+
+
+class Conn:
+    def __init__(self, s, timeout=10.0, rcvbuf=None, unix=False):
+        self.s = socket.socket(socket.AF_UNIX if unix else socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.s.settimeout(timeout)
+        if unix:
+            self.s.connect(str(s.sock_path))
+        else:
+            self.s.connect((s.server.host, s.server.port))
+            self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def _more(self, n=65536):
+        b = self.s.recv(n)
+        if not b:
+            raise EOFError("server closed the connection")
+        self.buf += b
+
+    def _take(self, n):
+        while len(self.buf) < n:
+            self._more(max(65536, n - len(self.buf)))
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def _line(self):
+        while (i := self.buf.find(b"\r\n")) < 0:
+            self._more()
+        out = bytes(self.buf[:i])
+        del self.buf[:i + 2]
+        return out
+
+    def head(self):
+        while (i := self.buf.find(b"\r\n\r\n")) < 0:
+            self._more()
+        lines = bytes(self.buf[:i]).decode("latin-1").split("\r\n")
+        del self.buf[:i + 4]
+        m = re.match(r"HTTP/1\.[01] (\d{3}) ", lines[0] + " ")
+        assert m, f"bad status line {lines[0]!r}"
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            k = k.strip().lower()
+            headers[k] = headers[k] + ", " + v.strip() if k in headers else v.strip()
+        return int(m.group(1)), headers
+
+    def response(self, head_request=False):
+        while True:
+            status, headers = self.head()
+            if status >= 200:
+                break
+        if head_request or status in (204, 304):
+            body = b""
+        elif "chunked" in headers.get("transfer-encoding", ""):
+            parts = []
+            while True:
+                n = int(self._line().split(b";")[0], 16)
+                if n == 0:
+                    while self._line():
+                        pass
+                    break
+                parts.append(self._take(n))
+                assert self._take(2) == b"\r\n"
+            body = b"".join(parts)
+        elif "content-length" in headers:
+            body = self._take(int(headers["content-length"]))
+        else:
+            body = self.read_to_close()
+        return Resp(status, headers, body)
+
+    def read_to_close(self):
+        try:
+            while True:
+                self._more()
+        except (EOFError, ConnectionResetError):
+            pass
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out
+
+    def server_closed(self, timeout=3.0):
+        """True when the server ends the connection (EOF/RST) within timeout; unread data is dropped."""
+        self.s.settimeout(timeout)
+        try:
+            while True:
+                if not self.s.recv(65536):
+                    return True
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.s.close()
+
+    def reset(self):
+        """Close with an RST instead of a FIN."""
+        self.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.s.close()
+
+
+def exchange(s, data, timeout=4.0, shut=False):
+    """One connection: send data, read until the server closes.  Returns the bytes."""
+    c = Conn(s, timeout=timeout)
+    try:
+        try:
+            c.send(data)
+            if shut:
+                c.s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return c.read_to_close()
+    except socket.timeout:
+        return bytes(c.buf)
+    finally:
+        c.close()
+
+
+def status_of(raw):
+    m = re.match(rb"HTTP/1\.[01] (\d{3}) ", raw)
+    return int(m.group(1)) if m else 0
+
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def test_planted_error_is_reported(sanitized, tmp_path):
+    """The detection itself works: a use-after-free planted in the server process (through
+    ctypes, in the app) ends up as a report in the log that the checks below look for."""
+    srv = Server("corsac_sanitizer_mux:app", [], env=dict(sanitized, CORSAC_SANITIZER_SELFTEST="1"),
+                 tmp_path=tmp_path, wait=False)
+    try:
+        srv.wait_listening(timeout=60)
+        try:
+            with socket.create_connection((srv.host, srv.port), timeout=10) as c:
+                c.sendall(req("GET", "/x/asan-selftest", [b"Connection: close"]))
+                c.recv(65536)
+        except OSError:
+            pass
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not sanitizer_report(srv.log()):
+            time.sleep(0.05)
+        log = srv.log()
+    finally:
+        srv.stop()
+    assert "heap-use-after-free" in (sanitizer_report(log) or ""), log[-4000:]
+
+
+
+def test_keepalive_gets(s):
+    c = Conn(s)
+    plan = [
+        ("/r/", 200), ("/r/fixed", 200), ("/r/stream?n=9", 200), ("/r/nolength", 200),
+        ("/r/status?code=204", 204), ("/r/status?code=304", 304), ("/r/status?code=404", 404),
+        ("/r/own-date", 200), ("/r/write", 200), ("/r/big?n=300000", 200), ("/r/big?n=300000&gen=1", 200),
+        ("/env/%7Efoo/%2F%zz%41?errors_marker=m1&pollute=1&q=%20x", 200), ("/env/again", 200),
+        ("/write/", 200), ("/write/?cl=1", 200), ("/write/?only=1", 200), ("/write/?big=1", 200),
+        ("/close/?tag=ka-normal", 200), ("/close/?tag=ka-lazy&mode=lazy", 200),
+        ("/file/?cl=1", 200), ("/file/", 200), ("/file/?kind=record&tag=ka-file", 200),
+        ("/file/?kind=nofileno&tag=ka-nofileno&offset=1000", 200), ("/file/?offset=1500000&cl=1", 200),
+        ("/x/file-cl?cl=100", 200), ("/x/many-headers", 200), ("/x/many-headers?n=90&size=90", 200),
+        ("/x/long-reason", 299), ("/x/many-items", 200), ("/x/many-items?n=300&tuple=1", 200),
+        ("/x/tiny-gen", 200), ("/x/write-in-gen", 200), ("/x/close-raises", 200), ("/nothing-here", 404),
+    ]
+    plan += [("/env/" + "a%41%2" * 700 + "?" + "q=%00&" * 300, 200), ("/env/%", 200), ("/env/%4", 200)]
+    extra_headers = [b"User-Agent: sanitizer", b"Accept: */*", b"Cookie: a=1", b"Cookie: b=2",
+                     b"X-Dup: 1", b"X-Dup: 2", b"X_Underscore: dropped", b"X-Empty:",
+                     b"X-Long: " + b"v" * 3000, b"Content-Type: text/x-weird",
+                     b"X-" + b"n" * 300 + b": long name", b"X-" + b"m" * 300 + b": again",
+                     b"X-" + b"m" * 300 + b": joined"]
+    for path, want in plan:
+        c.send(req("GET", path, extra_headers))
+        r = c.response()
+        assert r.status == want, (path, r)
+        if path.startswith("/r/big"):
+            assert r.body == b"x" * 300000
+        if path in ("/file/", "/file/?cl=1"):
+            assert r.body == s.file_data
+        if path.startswith("/x/many-items"):
+            assert r.body == b"".join(b"%d," % i for i in range(300 if "300" in path else 200))
+    # the same connection still works after all of that; HTTP/1.0 keep-alive, then close
+    c.send(req("GET", "/r/fixed", [b"Connection: keep-alive"], version=b"HTTP/1.0"))
+    assert c.response().body == b"fixed-body"
+    c.send(req("GET", "/r/stream", version=b"HTTP/1.0"))
+    r = c.response()
+    assert r.status == 200 and b"chunk-4" in r.body
+    c.close()
+    # an ordinary client library too
+    import httpx
+    with httpx.Client(base_url=f"http://{s.server.host}:{s.server.port}", timeout=10) as h:
+        for _ in range(3):
+            assert h.get("/r/headers", headers={"X-Test": "1"}).status_code == 200
+            assert h.post("/r/echo", content=b"q" * 50000).content == b"q" * 50000
+            assert h.get("/val/generator").content == b"0;1;2;3;4;"
+
+
+INPUT_MODES = ["read", "read_minus1", "readn&n=7", "readn&n=70000", "readline", "readline_limit&n=5",
+               "readlines", "readlines_hint&n=20", "iter", "mixed&n=3", "partial&n=10", "none", "late"]
+
+
+def test_uploads(s):
+    rnd = random.Random(11)
+    bodies = [b"", b"one line\n", b"no newline at end", b"\n" * 300,
+              b"".join(b"line %d %s\n" % (i, b"z" * (i % 90)) for i in range(2000)),
+              rnd.randbytes(70001), rnd.randbytes(300000)]
+    c = Conn(s, timeout=15)
+    for i, data in enumerate(bodies):
+        for mode in INPUT_MODES:
+            for te in (False, True):
+                if te:
+                    r = req("POST", f"/in/?mode={mode}", [b"Transfer-Encoding: chunked"],
+                            chunked(data, ext=i % 2 == 1, trailers=b"X-Trailer: t\r\n" if i % 3 == 0 else b""))
+                else:
+                    r = req("POST", f"/in/?mode={mode}", body=data, cl=len(data))
+                c.send(r)
+                resp = c.response()
+                assert resp.status == 200, (mode, te, len(data), resp)
+                if not mode.startswith(("partial", "none")):
+                    assert sha(data) in resp.body.decode(), (mode, te, len(data))
+                if resp.headers.get("connection") == "close":
+                    c.close()
+                    c = Conn(s, timeout=15)
+    c.close()
+    # the validator's input paths
+    c = Conn(s, timeout=15)
+    data = b"".join(b"validated %d\n" % i for i in range(3000))
+    for path in ("/val/read", "/val/readline", "/val/readlines", "/val/iter"):
+        for te in (False, True):
+            c.send(req("POST", path, [b"Transfer-Encoding: chunked"], chunked(data)) if te
+                   else req("POST", path, body=data))
+            r = c.response()
+            assert r.status == 200 and sha(data).encode() in r.body, (path, te, r)
+    c.close()
+    # a body trickled in small pieces while the app reads it
+    c = Conn(s, timeout=15)
+    data = rnd.randbytes(200000)
+    payload = chunked(data, sizes=(999, 5, 30000))
+    c.send(req("POST", "/r/echo", [b"Transfer-Encoding: chunked"]))
+    for i in range(0, len(payload), 20011):
+        c.send(payload[i:i + 20011])
+        time.sleep(0.002)
+    assert c.response().body == data
+    c.close()
+    # over --limit-request-body: Content-Length answered before the app, chunked while reading
+    assert status_of(exchange(s, req("POST", "/r/echo", cl=BODY_LIMIT + 1))) == 413
+    big = chunked(b"b" * (BODY_LIMIT + 10), sizes=(65536,))
+    assert status_of(exchange(s, req("POST", "/r/echo", [b"Transfer-Encoding: chunked"], big))) == 413
+
+
+def test_expect_continue(s):
+    data = b"e" * 150000
+    for te in (False, True):
+        c = Conn(s)
+        hdrs = [b"Expect: 100-continue"] + ([b"Transfer-Encoding: chunked"] if te else [])
+        c.send(req("POST", "/r/expect", hdrs, cl=None if te else len(data)))
+        status, _ = c.head()
+        assert status == 100
+        c.send(chunked(data) if te else data)
+        r = c.response()
+        assert r.status == 200 and r.body == b"len=%d\n" % len(data)
+        # keep-alive: another one that never reads its body gets no 100
+        c.send(req("POST", "/r/read-nothing", [b"Expect: 100-continue"], cl=10))
+        r = c.response()
+        assert r.status == 200 and b"did not read" in r.body
+        c.close()
+    # the client goes away while the server waits for it after 100 Continue
+    c = Conn(s)
+    c.send(req("POST", "/in/?mode=read", [b"Expect: 100-continue"], cl=50000))
+    assert c.head()[0] == 100
+    c.send(b"a" * 1000)
+    c.reset()
+    # and one that sends its body without waiting for the 100
+    c = Conn(s)
+    c.send(req("POST", "/r/expect", [b"Expect: 100-continue", b"Connection: close"], body=data))
+    r = c.response()
+    assert r.status == 200 and r.body == b"len=%d\n" % len(data)
+    c.close()
+
+
+def test_head(s):
+    c = Conn(s)
+    for path in ("/r/big?n=300000", "/r/big?n=300000&gen=1", "/r/stream", "/file/?cl=1", "/file/",
+                 "/write/?big=1", "/val/hello", "/x/many-headers", "/r/status?code=204", "/close/?tag=head"):
+        c.send(req("HEAD", path))
+        r = c.response(head_request=True)
+        assert r.status in (200, 204), (path, r)
+        c.send(req("GET", "/r/fixed"))
+        r = c.response()
+        assert r.body == b"fixed-body", (path, r)   # no stray body bytes after the HEAD
+    c.close()
+
+
+def _slow_read(s, path, expect_len, rcvbuf=32768, piece=16384, pause=0.0005):
+    c = Conn(s, timeout=15, rcvbuf=rcvbuf)
+    c.send(req("GET", path))
+    status, headers = c.head()
+    assert status == 200
+    got = 0
+    if "chunked" in headers.get("transfer-encoding", ""):
+        while True:
+            n = int(c._line().split(b";")[0], 16)
+            if n == 0:
+                c._line()
+                break
+            while n:
+                if not c.buf:
+                    time.sleep(pause)
+                    c._more(piece)
+                k = min(n, len(c.buf))
+                del c.buf[:k]
+                n -= k
+                got += k
+            c._take(2)
+    else:
+        n = int(headers["content-length"])
+        while got < n:
+            if not c.buf:
+                time.sleep(pause)
+                c._more(piece)
+            k = min(n - got, len(c.buf))
+            del c.buf[:k]
+            got += k
+    c.close()
+    assert got == expect_len, path
+
+
+def test_large_responses_read_slowly(s):
+    jobs = [("/r/big?n=%d&gen=1" % (4 << 20), 4 << 20), ("/r/big?n=%d" % (3 << 20), 3 << 20),
+            ("/write/?big=1", 3 * (1 << 20) + 3), ("/file/", len(s.file_data)),
+            ("/close/?tag=slow&mode=normal", 3)]
+    errors = []
+
+    def run(path, n):
+        try:
+            _slow_read(s, path, n)
+        except BaseException as e:      # noqa: BLE001 - reported below
+            errors.append((path, repr(e)))
+
+    threads = [threading.Thread(target=run, args=j, daemon=True) for j in jobs]
+    for t in threads:
+        t.start()
+    # other clients keep being served meanwhile (the loop is not frozen by slow readers)
+    c = Conn(s)
+    for i in range(20):
+        c.send(req("GET", f"/r/fast-{i}"))
+        assert c.response().status == 200
+        time.sleep(0.01)
+    c.close()
+    for t in threads:
+        t.join(60)
+    assert not errors
+
+
+def _wait_closed_line(s, tag, timeout=6.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(line.split()[0] == tag for line in s.closed_lines() if line.split()):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_client_disconnects(s):
+    # mid-response, after some bytes, with FIN and with RST
+    for path in ("/r/big?n=%d&gen=1" % (64 << 20), "/r/big?n=%d" % (32 << 20), "/write/?big=1", "/file/",
+                 "/close/?tag=dc-long&mode=long", "/val/file"):
+        for rst in (False, True):
+            c = Conn(s, rcvbuf=16384)
+            c.send(req("GET", path))
+            c._more(4096)
+            time.sleep(0.02)
+            c.reset() if rst else c.close()
+    assert _wait_closed_line(s, "dc-long"), s.closed_lines()
+    # the app is still sleeping when the client leaves
+    for path in ("/r/slow?s=0.3", "/close/?tag=dc-slow&mode=long"):
+        c = Conn(s)
+        c.send(req("GET", path))
+        c.reset()
+    # mid-request-body while the app reads it (Content-Length and chunked)
+    for hdr, part in ((None, b"p" * 1000), (b"Transfer-Encoding: chunked", b"400\r\n" + b"p" * 600)):
+        for path in ("/r/echo", "/in/?mode=readline", "/in/?mode=stall&tag=dc-body", "/val/read"):
+            for rst in (False, True):
+                c = Conn(s)
+                c.send(req("POST", path, [hdr] if hdr else [], cl=None if hdr else 100000) + part)
+                time.sleep(0.02)
+                c.reset() if rst else c.close()
+    # mid-head, and right after a complete head
+    for data in (b"GET /r/x HTT", req("GET", "/r/big?n=5000000")):
+        for rst in (False, True):
+            c = Conn(s)
+            c.send(data)
+            c.reset() if rst else c.close()
+    # a half-close: the request is complete, the client only stops sending
+    c = Conn(s)
+    c.send(req("GET", "/r/stream"))
+    c.s.shutdown(socket.SHUT_WR)
+    assert c.response().status == 200
+    c.close()
+    time.sleep(0.5)
+
+
+def test_stalled_reader_is_dropped(s):
+    """A client that never reads a large response: dropped after --body-read-timeout (2 s)."""
+    conns = []
+    for path in ("/r/big?n=%d&gen=1" % (64 << 20), "/close/?tag=stall-long&mode=long", "/write/?big=1"):
+        c = Conn(s, rcvbuf=8192)
+        c.send(req("GET", path))
+        conns.append(c)
+    # meanwhile others are served
+    for i in range(5):
+        r = exchange(s, req("GET", f"/r/meanwhile-{i}", [b"Connection: close"]))
+        assert status_of(r) == 200
+    # (reading to see the others closed would un-stall them: the close() record tells instead)
+    assert _wait_closed_line(s, "stall-long", timeout=8), s.closed_lines()
+    time.sleep(0.5)
+    for c in conns:
+        c.reset()
+
+
+MALFORMED = [
+    b"GET / HTTP/1.1\nHost: x\n\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5x\r\n\r\nhello",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999999\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    b"GET foo HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x7fb\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;\x01\r\nhello\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloX0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nContent-Length: 5\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nHost: y\r\n\r\n",
+    b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX(y): 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n: empty\r\n\r\n",
+    b"GET / http/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.2\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.10\r\nHost: x\r\n\r\n",
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(150)) + b"\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 9000 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"v" * 8100 + b"\r\n" * 1 + b"X" * 5000,
+    b"\r\n\r\n\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)),
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+]
+
+
+def test_malformed_and_smuggling(s):
+    for i, data in enumerate(MALFORMED):
+        out = exchange(s, data, timeout=4, shut=True)
+        st = status_of(out)
+        assert st == 0 or st >= 400, (i, data[:80], out[:300])
+    # valid request, then a smuggling attempt, pipelined: 200 then an error, app sees only the first
+    for bad in MALFORMED[4:8] + MALFORMED[21:28]:
+        out = exchange(s, req("GET", "/r/first") + bad, timeout=4)
+        assert status_of(out) == 200, out[:300]
+        second = out[out.find(b"HTTP/1.1", 10):]
+        assert status_of(second) >= 400, (bad[:80], out[:600])
+    # a chunked body that legitimately ends before a second request
+    c = Conn(s)
+    c.send(req("POST", "/r/echo", [b"Transfer-Encoding: chunked"], b"0\r\n\r\n") + req("GET", "/r/second"))
+    assert c.response().status == 200 and c.response().body == b"GET /second len=0\n"
+    c.close()
+    # a huge but legal head: the read buffer grows (realloc) while fields point into it
+    big = [b"X-Big-%d: %s" % (i, bytes([97 + i % 26]) * 8000) for i in range(90)]
+    c = Conn(s)
+    c.send(req("GET", "/r/headers", big))
+    r = c.response()
+    assert r.status == 200 and r.body.count(b"HTTP_X_BIG_") == 90
+    c.send(req("POST", "/r/echo", big[:40], body=b"after a big head"))
+    assert c.response().body == b"after a big head"
+    c.close()
+    # mutated requests (deterministic): whatever the answer, nothing may go wrong inside
+    rnd = random.Random(2024)
+    seeds = [req("GET", "/r/m?q=1", [b"Cookie: a=b", b"X-A: 1"]),
+             req("POST", "/r/echo", [b"Transfer-Encoding: chunked"], chunked(b"hello world" * 20, ext=True)),
+             req("POST", "/in/?mode=readline", body=b"a\nbb\nccc\n"),
+             req("GET", "/r/x", [b"Connection: keep-alive"], version=b"HTTP/1.0") + req("GET", "/r/y")]
+    for k in range(160):
+        data = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 4)):
+            op, pos = rnd.randrange(4), rnd.randrange(len(data))
+            if op == 0:
+                data[pos] = rnd.randrange(256)
+            elif op == 1:
+                del data[pos:pos + rnd.randint(1, 8)]
+            elif op == 2:
+                data[pos:pos] = rnd.choice([b"\r\n", b"\n", b"\x00", b":", b" ", b"0", b"f" * 20, b"\r\n\r\n",
+                                            b";", b"chunked", b"%", b"%0"])
+            else:
+                data[pos:pos] = data[pos:pos + rnd.randint(1, 40)]
+        exchange(s, bytes(data), timeout=3, shut=True)
+
+
+def test_validator_app(s):
+    c = Conn(s)
+    for path, want in (("/val/hello", 200), ("/val/empty", 200), ("/val/nocontent", 204), ("/val/write", 200),
+                       ("/val/file", 200), ("/val/generator", 200), ("/val/missing", 404)):
+        c.send(req("GET", path))
+        r = c.response()
+        assert r.status == want, (path, r)
+        if path == "/val/file":
+            assert r.body == s.file_data
+    c.close()
+
+
+def test_invalid_responses_and_app_errors(s):
+    bad_paths = ["/value-crlf", "/value-lf", "/value-cr", "/value-nul", "/value-nonlatin1", "/value-bytes",
+                 "/value-int", "/name-space", "/name-colon", "/name-empty", "/name-crlf", "/name-nonlatin1",
+                 "/name-bytes", "/status-nospace", "/status-4digit", "/status-2digit", "/status-alpha",
+                 "/status-crlf", "/status-bytes", "/status-int", "/headers-not-pairs"]
+    c = Conn(s)
+    for p in bad_paths:
+        c.send(req("GET", "/bad" + p))
+        r = c.response()
+        assert r.status == 500 and b"never be sent" not in r.body, (p, r)
+        if r.headers.get("connection") == "close":
+            c.close()
+            c = Conn(s)
+    for p in ("/ok", "/multi"):
+        c.send(req("GET", "/bad" + p))
+        assert c.response().status == 200
+    c.close()
+    # errors that may cut the connection: each on its own
+    cases = ["/badbody/str-item", "/badbody/str-item-cl", "/badbody/none", "/badbody/bare-bytes", "/badbody/int",
+             "/raise/", "/raiseafter/", "/exc/", "/exclate/", "/twice/", "/x/gen-bad-item", "/x/exc-info-no-tb",
+             "/close/?tag=e-fail&mode=fail", "/close/?tag=e-failfirst&mode=failfirst",
+             "/close/?tag=e-badheader&mode=badheader", "/close/?tag=e-short&mode=short",
+             "/x/file-cl?cl=99999999", "/in/?mode=bogus"]
+    for p in cases:
+        out = exchange(s, req("GET", p, [b"Connection: close"]), timeout=5)
+        assert out.startswith(b"HTTP/1.1 "), (p, out[:200])
+        assert b"corsac-secret-marker" not in out
+    # objects kept by the app past the end of their request must not reach it any more
+    c = Conn(s)
+    c.send(req("POST", "/x/stash", body=b"0123456789" * 1000))
+    assert c.response().body == b"stashed"
+    c.close()
+    time.sleep(0.05)
+    out = exchange(s, req("GET", "/x/use-stash", [b"Connection: close"]))
+    assert status_of(out) == 200 and b"write!" in out, out[-400:]
+
+
+def test_slowloris(s):
+    """Heads trickled in (and connections that send nothing) are cut after --header-read-timeout 1;
+    a body that stalls gets 408 after --body-read-timeout 2, before or while the app reads it."""
+    results = {}
+
+    def loris(i):
+        c = Conn(s, timeout=8)
+        try:
+            c.send(b"GET /r/loris HTTP/1.1\r\nHost: x\r\n")
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 6:
+                r, _, _ = select.select([c.s], [], [], 0.25)
+                if r:
+                    break
+                c.send(b"X-%d: %s\r\n" % (i, b"l" * i))
+            results[f"loris{i}"] = status_of(c.read_to_close())
+        except (socket.timeout, OSError) as e:
+            results[f"loris{i}"] = repr(e)
+        finally:
+            c.close()
+
+    def silent(i):
+        c = Conn(s, timeout=8)
+        results[f"silent{i}"] = c.server_closed(timeout=6)
+        c.close()
+
+    def stalled_body(name, path, sent):
+        # sent < 16 KiB: stalls before the app runs; more: the app is reading when it stalls
+        c = Conn(s, timeout=8)
+        try:
+            c.send(req("POST", path, cl=100000) + b"s" * sent)
+            results[name] = status_of(c.read_to_close())
+        except (socket.timeout, OSError) as e:
+            results[name] = repr(e)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=loris, args=(i,)) for i in range(4)]
+    threads += [threading.Thread(target=silent, args=(i,)) for i in range(2)]
+    threads += [threading.Thread(target=stalled_body, args=a) for a in (
+        ("body-before-app", "/r/echo", 10), ("body-in-app", "/in/?mode=stall&tag=loris-stall", 20000),
+        ("body-validator", "/val/read", 20000))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert all(results.get(f"loris{i}") == 408 for i in range(4)), results
+    assert results["silent0"] is True and results["silent1"] is True, results
+    assert results["body-before-app"] == 408 and results["body-in-app"] == 408, results
+
+
+def test_concurrent_mix(s):
+    data = random.Random(5).randbytes(40000)
+    lines = b"a\nbb\n" * 3000
+    kinds = [  # (request, HEAD?, check)
+        (req("GET", "/env/?x=1", [b"X-A: 1", b"X-A: 2"]), False, lambda r: r.status == 200),
+        (req("POST", "/r/echo", body=data), False, lambda r: r.body == data),
+        (req("POST", "/in/?mode=readlines", [b"Transfer-Encoding: chunked"], chunked(lines, sizes=(777,))),
+         False, lambda r: sha(lines).encode() in r.body),
+        (req("GET", "/r/stream?n=50"), False, lambda r: r.body.count(b"chunk-") == 50),
+        (req("GET", "/file/?cl=1&offset=1500000"), False, lambda r: len(r.body) == len(s.file_data) - 1500000),
+        (req("HEAD", "/r/big?n=100000&gen=1"), True, lambda r: r.status == 200 and r.body == b""),
+        (req("GET", "/x/many-items?n=150"), False, lambda r: r.status == 200),
+        (req("GET", "/x/many-headers?n=30"), False, lambda r: r.status == 200),
+        (req("GET", "/bad/value-crlf"), False, lambda r: r.status == 500),
+        (req("GET", "/raise/"), False, lambda r: r.status == 500),
+        (req("GET", "/val/generator"), False, lambda r: r.body == b"0;1;2;3;4;"),
+        (req("GET", "/r/big?n=1000000&gen=1"), False, lambda r: len(r.body) == 1000000),
+        None,   # disconnect mid-response
+    ]
+    errors = []
+
+    def client(seed):
+        rnd = random.Random(seed)
+        c = Conn(s, timeout=15)
+        try:
+            for _ in range(24):
+                k = rnd.choice(kinds)
+                if k is None:
+                    c.send(req("GET", "/r/big?n=3000000&gen=1"))
+                    c._more(1000)
+                    c.reset()
+                    c = Conn(s, timeout=15)
+                    continue
+                data, head, check = k
+                c.send(data)
+                r = c.response(head_request=head)
+                if not check(r):
+                    errors.append((seed, data[:40], r))
+                if r.headers.get("connection") == "close" or rnd.random() < 0.15:
+                    c.close()
+                    c = Conn(s, timeout=15)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append((seed, repr(e)))
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+
+
+def test_unix_socket_listener(s):
+    """The second listener (AF_UNIX: no peer address; its own environ template)."""
+    c = Conn(s, unix=True)
+    for i in range(5):
+        c.send(req("GET", f"/env/unix-{i}", [b"X-A: 1"]))
+        r = c.response()
+        assert r.status == 200 and b"unix-%d" % i in r.body
+        c.send(req("POST", "/r/echo", [b"Transfer-Encoding: chunked"], chunked(b"u" * 30000)))
+        assert c.response().body == b"u" * 30000
+    c.send(req("GET", "/r/big?n=2000000&gen=1"))
+    c._more(1000)
+    c.reset()
+    c = Conn(s)                                  # and TCP again, interleaved
+    c.send(req("GET", "/env/tcp"))
+    assert c.response().status == 200
+    c.close()
+
+
+def test_pipelined(s):
+    """Run late: a hang here leaves a connection the server may spin on."""
+    body = bytes(range(256)) * 400       # 100 KiB: fills the 16 KiB read buffer several times
+    reqs = [
+        (req("GET", "/r/a"), False), (req("POST", "/r/echo", body=b"hello"), False),
+        (req("POST", "/r/echo", [b"Transfer-Encoding: chunked"], chunked(b"chunky" * 1000, ext=True)), False),
+        (req("HEAD", "/r/big?n=70000"), True), (req("GET", "/r/stream"), False),
+        (req("POST", "/in/?mode=readline", body=b"l1\nl2\nl3"), False),
+        (req("POST", "/r/echo", body=body), False), (req("GET", "/r/read-nothing"), False),
+        (req("GET", "/file/?offset=1000000"), False), (req("GET", "/x/many-items"), False),
+        (req("POST", "/r/echo-lines", [b"Transfer-Encoding: chunked"], chunked(b"x\n" * 5000, sizes=(3, 5000)),),
+         False),
+        (req("GET", "/r/fixed", [b"Connection: close"]), False),
+    ]
+    blob = b"".join(r for r, _ in reqs)
+    for mode in ("at-once", "dribble"):
+        c = Conn(s, timeout=5)
+        if mode == "at-once":
+            c.send(blob)
+        else:
+            # in small uneven pieces: every parse/frame boundary gets split somewhere
+            t = threading.Thread(target=_dribble, args=(c, blob), daemon=True)
+            t.start()
+        got = []
+        try:
+            for _, h in reqs:
+                got.append(c.response(head_request=h))
+        except (OSError, EOFError) as e:
+            pytest.fail(f"{mode}: {e!r} after {len(got)} of {len(reqs)} responses: {got[-1:]}")
+        assert c.server_closed()
+        c.close()
+        assert [r.status for r in got] == [200] * len(reqs)
+        assert got[1].body == b"hello" and got[2].body == b"chunky" * 1000
+        assert got[3].body == b"" and got[3].headers.get("content-length") == "70000"
+        assert got[6].body == body and got[8].body == s.file_data[1000000:]
+        assert got[10].body == b"x\n" * 5000 and got[11].body == b"fixed-body"
+
+
+def _dribble(c, blob):
+    rnd = random.Random(3)
+    i = 0
+    try:
+        while i < len(blob):
+            n = rnd.choice((1, 2, 3, 7, 50, 600, 9000, 40000))
+            c.send(blob[i:i + n])
+            i += n
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_request_timeout_watchdog(sanitized, tmp_path, threads):
+    """--request-timeout: the watchdog thread answers 504 / cuts the connection of an app call that
+    runs too long while the handler still owns it; then the worker is retired and replaced."""
+    env = dict(sanitized, CORSAC_TEST_CLOSED=str(tmp_path / "closed.txt"))
+    srv = Server("corsac_sanitizer_mux:app", ["--threads", str(threads), "--request-timeout", "0.5",
+                                              "--graceful-timeout", "5"],
+                 env=env, tmp_path=tmp_path, wait=False)
+    try:
+        srv.wait_listening(timeout=60)
+        s = San(srv, threads, tmp_path / "closed.txt", ROOT / "README.md")
+        results = {}
+
+        def one(name, data, timeout=8):
+            results[name] = status_of(exchange(s, data, timeout=timeout))
+
+        jobs = [("slow", req("GET", "/r/slow?s=1.2")),
+                ("slow-body-read", req("POST", "/in/?mode=read", cl=50000) + b"b" * 20000),
+                ("streaming", req("GET", "/close/?tag=rt-long&mode=long")),
+                ("write", req("GET", "/write/?big=1"))]
+        threads_ = [threading.Thread(target=one, args=j) for j in jobs]
+        for t in threads_:
+            t.start()
+            time.sleep(0.05)
+        for t in threads_:
+            t.join(30)
+        assert results["slow"] == 504, results
+        # served afterwards (by the replacement worker once the old one retires)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "Worker retiring" not in srv.log():
+            time.sleep(0.05)
+        for i in range(10):
+            assert status_of(exchange(s, req("GET", f"/r/after-{i}", [b"Connection: close"]))) == 200
+        time.sleep(0.5)
+    finally:
+        rc = srv.stop(timeout=20)
+    log = srv.log()
+    rep = sanitizer_report(log)
+    assert rep is None, f"sanitizer report (--threads {threads}, --request-timeout):\n{rep}"
+    assert "over --request-timeout" in log, log[-4000:]
+    assert rc == 0, f"exit code {rc}:\n{log[-6000:]}"
+
+
+def test_zz_sigterm_clean_exit(san):
+    """Last for each server: in-flight work at SIGTERM, then exit 0 and a clean log."""
+    s = san
+    if s.server.proc.poll() is not None:
+        pytest.fail(f"server already dead (rc {s.server.proc.returncode}):\n"
+                    f"{sanitizer_report(s.server.log()) or s.server.log()[-6000:]}", pytrace=False)
+    idle = Conn(s)
+    idle.send(req("GET", "/r/before-idle"))
+    assert idle.response().status == 200
+    partial = Conn(s)
+    partial.send(b"GET /r/partial HTTP/1.1\r\nHost: x\r\n")
+    slow = {}
+
+    def in_flight():
+        c = Conn(s, timeout=10)
+        try:
+            c.send(req("GET", "/r/slow?s=1"))
+            slow["status"] = c.response().status
+        except BaseException as e:  # noqa: BLE001
+            slow["status"] = repr(e)
+        finally:
+            c.close()
+
+    t = threading.Thread(target=in_flight)
+    t.start()
+    time.sleep(0.3)
+    rc = s.server.stop(signal.SIGTERM, timeout=20)
+    t.join(10)
+    idle.close()
+    partial.close()
+    log = s.server.log()
+    rep = sanitizer_report(log)
+    assert rep is None, f"sanitizer report (--threads {s.threads}):\n{rep}"
+    assert "LeakSanitizer" not in log and "runtime error:" not in log and "ERROR: AddressSanitizer" not in log
+    assert not DEATH_RE.search(log), log[-6000:]
+    assert rc == 0, f"exit code {rc}:\n{log[-6000:]}"
+    assert slow.get("status") == 200, slow
