@@ -716,3 +716,30 @@ def test_sigint_to_the_process_group_lets_inflight_finish(tmp_path):
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_fd_flag_serves_an_inherited_socket(tmp_path):
+    import socket
+    import sys
+    from pathlib import Path
+    apps = Path(__file__).parent / "apps"
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    port = s.getsockname()[1]
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        p = subprocess.Popen([sys.executable, "-m", "corsac", "arbiter_app:app", "--app-dir", str(apps),
+                              "--workers", "1", "--fd", str(s.fileno())], pass_fds=(s.fileno(),),
+                             stdout=out, stderr=subprocess.STDOUT)
+    s.close()
+    try:
+        class S:
+            host = "127.0.0.1"
+        S.port = port
+        assert wait_for(lambda: _raw_status(S, "/", timeout=2) == 200, 15), log.read_text()
+    finally:
+        p.terminate()
+        p.wait(15)
+    assert p.returncode == 0
+    assert f"Listening at: http://127.0.0.1:{port}" in log.read_text()

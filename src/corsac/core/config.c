@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { T_STR, T_INT, T_FLOAT, T_BOOL, T_CHOICE, T_LIST };
+enum { T_STR, T_INT, T_FLOAT, T_BOOL, T_CHOICE, T_LIST, T_FD };
 
 typedef struct {
     const char *name;        /* long flag without "--" */
@@ -40,6 +40,8 @@ static const cs_option options[] = {
     {"bind", NULL, 'b', T_LIST, OFF(binds), "127.0.0.1:8000", NULL, 0, 0, "Binding", "ADDR",
      "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeat for several (systemd LISTEN_FDS are used "
      "when no bind is given)"},
+    {"fd", NULL, 0, T_FD, OFF(binds), "", NULL, 0, 0, "Binding", "N",
+     "serve an inherited listening socket: the same as --bind fd://N"},
     {"backlog", NULL, 0, T_INT, OFF(backlog), "2048", NULL, 1, 1e6, "Binding", "N",
      "listen(2) queue length"},
     {"reuse-port", NULL, 0, T_BOOL, OFF(reuse_port), "false", NULL, 0, 0, "Binding", NULL,
@@ -119,6 +121,8 @@ static void clear_list(cs_config *cfg)
     cfg->nbinds = 0;
 }
 
+static size_t bind_option(void);
+
 /* Apply one textual value to an option.  `from` names the source for errors. */
 static int set_value(cs_config *cfg, const cs_option *o, const char *v, const char *from, char *err, size_t errlen)
 {
@@ -166,6 +170,22 @@ static int set_value(cs_config *cfg, const cs_option *o, const char *v, const ch
                 return 0;
             }
         return fail(err, errlen, "%s: invalid choice '%s' (choose from %s)", from, v, o->metavar);
+    case T_FD: {
+        /* sugar: each number becomes an "fd://N" bind */
+        char spec[48];
+        const char *p = v;
+        while (*p) {
+            const char *c = strchr(p, ',');
+            size_t n = c ? (size_t)(c - p) : strlen(p);
+            if (n == 0 || n > 8 || strspn(p, "0123456789") < n)
+                return fail(err, errlen, "%s: expected a file descriptor number, got '%s'", from, v);
+            snprintf(spec, sizeof(spec), "fd://%.*s", (int)n, p);
+            if (set_value(cfg, &options[bind_option()], spec, from, err, errlen))
+                return CS_CONFIG_ERROR;
+            p += n + (c ? 1 : 0);
+        }
+        return 0;
+    }
     case T_LIST: {
         /* comma-separated; each call appends */
         const char *p = v;
@@ -256,7 +276,7 @@ int cs_config_load(cs_config *cfg, int argc, char **argv, char *err, size_t errl
         const char *v = getenv(env);
         if (!v)
             continue;
-        if (options[i].type == T_LIST)
+        if (options[i].type == T_LIST || options[i].type == T_FD)
             clear_list(cfg);
         if (set_value(cfg, &options[i], v, env, err, errlen))
             return CS_CONFIG_ERROR;
@@ -326,7 +346,7 @@ int cs_config_load(cs_config *cfg, int argc, char **argv, char *err, size_t errl
                 return fail(err, errlen, "option %s needs a value", flagname);
             val = argv[++i];
         }
-        if (o->type == T_LIST && !list_from_cli) {
+        if ((o->type == T_LIST || o->type == T_FD) && !list_from_cli) {
             clear_list(cfg);
             list_from_cli = 1;
         }
@@ -337,7 +357,7 @@ int cs_config_load(cs_config *cfg, int argc, char **argv, char *err, size_t errl
         return fail(err, errlen, "missing APP (module:attribute); see 'corsac --help'");
     /* systemd socket activation: its sockets replace the default bind */
     const char *lpid = getenv("LISTEN_PID"), *lfds = getenv("LISTEN_FDS");
-    if (!list_from_cli && !getenv("CORSAC_BIND") && lpid && lfds && atol(lpid) == (long)getpid()) {
+    if (!list_from_cli && !getenv("CORSAC_BIND") && !getenv("CORSAC_FD") && lpid && lfds && atol(lpid) == (long)getpid()) {
         long n = atol(lfds);
         if (n > 0 && n <= CS_MAX_BINDS) {
             clear_list(cfg);
