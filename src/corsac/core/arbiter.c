@@ -524,7 +524,15 @@ int cs_arbiter_run(const cs_config *cfg, int nworkers, void (*on_ready)(void *),
         cs_loop_run(a->loop);
 
     if (a->in_child) {
-        /* a new worker: shed the arbiter, keep only our slot */
+        /* a new worker: shed the arbiter, keep only our slot.  Stop signals
+         * wait (blocked) until the worker's loop can handle them: a TERM that
+         * comes while the app is importing then still ends in a graceful exit. */
+        sigset_t stops;
+        sigemptyset(&stops);
+        sigaddset(&stops, SIGTERM);
+        sigaddset(&stops, SIGINT);
+        sigaddset(&stops, SIGQUIT);
+        sigprocmask(SIG_BLOCK, &stops, NULL);
         for (int i = 0; i < nsig; i++)
             sigaction(handled[i], &old[i], NULL);
         close(arb_pipe[0]);

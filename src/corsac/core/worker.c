@@ -361,6 +361,13 @@ int cs_worker_run(cs_worker *w)
     sigaction(SIGPIPE, &ign, &old_pipe);
     for (int i = 0; arbiter_only[i]; i++)
         sigaction(arbiter_only[i], &ign, NULL);
+    /* a stop that arrived while we booted (see arbiter.c) is delivered now */
+    sigset_t stops;
+    sigemptyset(&stops);
+    sigaddset(&stops, SIGTERM);
+    sigaddset(&stops, SIGINT);
+    sigaddset(&stops, SIGQUIT);
+    pthread_sigmask(SIG_UNBLOCK, &stops, NULL);
 
     for (int i = 0; i < w->nlisteners; i++) {
         w->lio[i].io = (cs_io){.fd = w->lio[i].l->fd, .fn = listen_io};
