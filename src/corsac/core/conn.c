@@ -339,22 +339,29 @@ static const char *reason_of(int status)
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
+    case 504: return "Gateway Timeout";
     case 503: return "Service Unavailable";
     case 505: return "HTTP Version Not Supported";
     default: return "Error";
     }
 }
 
+/* A whole server-made response that closes the connection; its length. */
+static size_t format_error(char buf[512], int status)
+{
+    const char *reason = reason_of(status);
+    int n = snprintf(buf, 512,
+                     "HTTP/1.1 %d %s\r\nServer: corsac\r\n%sContent-Type: text/plain; charset=utf-8\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+                     status, reason, http_date(), strlen(reason) + 1, reason);
+    return (size_t)n;
+}
+
 /* A complete error response, then close.  The app never sees the request. */
 static void send_error(cs_conn *c, int status)
 {
     char buf[512];
-    const char *reason = reason_of(status);
-    int n = snprintf(buf, sizeof(buf),
-                     "HTTP/1.1 %d %s\r\nServer: corsac\r\n%sContent-Type: text/plain; charset=utf-8\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-                     status, reason, http_date(), strlen(reason) + 1, reason);
-    struct iovec v = {buf, (size_t)n};
+    struct iovec v = {buf, format_error(buf, status)};
     conn_write(c, &v, 1, 0);
     c->closing = 1;
     c->have_req = 0;
@@ -455,7 +462,6 @@ static void setup_req(cs_conn *c)
                         : p->body == CS_BODY_CHUNKED ? -1 : 0;
     r->has_body = p->body != CS_BODY_NONE && !(p->body == CS_BODY_LENGTH && p->content_length == 0);
     r->head_only = p->method_len == 4 && memcmp(p->method, "HEAD", 4) == 0;
-    r->multithread = c->w->threads > 1;
     c->keep_alive = p->keep_alive;
     c->resp_mode = R_NONE;
     c->resp_done = 0;
@@ -1175,12 +1181,9 @@ void cs_conn_timed_out(cs_conn *c, uint64_t ran_ms)
     c->timed_out = 1;
     int answered = 0;
     if (!c->req.started) {
-        char buf[256];
-        int n = snprintf(buf, sizeof(buf),
-                         "HTTP/1.1 504 Gateway Timeout\r\nServer: corsac\r\n%sContent-Type: text/plain; "
-                         "charset=utf-8\r\nContent-Length: 16\r\nConnection: close\r\n\r\nGateway Timeout\n",
-                         http_date());
-        answered = write(c->io.fd, buf, (size_t)n) == n;
+        char buf[512];
+        size_t n = format_error(buf, 504);
+        answered = write(c->io.fd, buf, n) == (ssize_t)n;
     }
     shutdown(c->io.fd, SHUT_RDWR);
     cs_log(CS_LOG_ERROR, "Request from %s:%d ran for %.1f s, over --request-timeout; %s", c->peer, c->peer_port,

@@ -407,7 +407,9 @@ void cs_chunked_init(cs_chunked *d)
 
 int cs_chunked_done(const cs_chunked *d) { return d->state == C_DONE; }
 
-static int hexval(unsigned char c)
+int cs_is_tchar(unsigned char c) { return tchar[c]; }
+
+int cs_hexval(unsigned char c)
 {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -460,17 +462,17 @@ ssize_t cs_chunked_decode(cs_chunked *d, const char *in, size_t len,
         }
         switch (d->state) {
         case C_SIZE_START:
-            if (hexval(c) < 0)
+            if (cs_hexval(c) < 0)
                 CFAIL("invalid chunk size");
-            d->remaining = (uint64_t)hexval(c);
+            d->remaining = (uint64_t)cs_hexval(c);
             d->name_len = 1;           /* digits seen */
             d->state = C_SIZE;
             break;
         case C_SIZE:
-            if (hexval(c) >= 0) {
+            if (cs_hexval(c) >= 0) {
                 if (++d->name_len > 16)
                     CFAIL("chunk size too large");
-                d->remaining = d->remaining << 4 | (uint64_t)hexval(c);
+                d->remaining = d->remaining << 4 | (uint64_t)cs_hexval(c);
                 break;
             }
             d->state = C_SIZE_END;

@@ -61,6 +61,11 @@ typedef struct {
 int cs_parse_request(const char *buf, size_t len, cs_request *req,
                      cs_header *headers, const cs_limits *lim);
 
+/* RFC 9110 token character (header names, methods); for the response side too. */
+int cs_is_tchar(unsigned char c);
+/* Value of a hex digit, or -1. */
+int cs_hexval(unsigned char c);
+
 /* Chunked transfer-coding decoder: a resumable state machine, fed any split of
  * the input.  Trailer fields are validated and discarded; framing, routing and
  * authentication fields in trailers are an error. */

@@ -75,7 +75,6 @@ struct cs_req {
     int body_error;                            /* 400, 408, 413 or CS_BODY_GONE */
     unsigned head_only : 1;                    /* HEAD: no body bytes go out */
     unsigned started : 1;                      /* head sent: status can no longer change */
-    unsigned multithread : 1;
     unsigned suspended : 1;                    /* handler yielded; resume when the client catches up */
     void *bridge;                              /* handler state for this request */
 };

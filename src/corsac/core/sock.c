@@ -48,6 +48,30 @@ static int listen_unix(const char *path, const cs_listen_opts *o, cs_listener *o
     return 0;
 }
 
+/* socket + options + bind + listen for a TCP address.  fd, or -1 with err
+ * ("what" names the address in the message). */
+static int open_tcp(const struct sockaddr *addr, socklen_t len, int reuse_port, int backlog, const char *what,
+                    char *err, size_t errlen)
+{
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuse_port)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (addr->sa_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, addr, len) < 0 || listen(fd, backlog) < 0) {
+        snprintf(err, errlen, "cannot bind %s: %s", what, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 /* Describe a bound socket (after bind or when inherited). */
 static void describe(cs_listener *out)
 {
@@ -157,21 +181,8 @@ int cs_listen(const char *spec, const cs_listen_opts *o, cs_listener *out, char 
         snprintf(err, errlen, "cannot resolve %s: %s", spec, gai_strerror(rc));
         return -1;
     }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = open_tcp(res->ai_addr, res->ai_addrlen, o->reuse_port, o->backlog, spec, err, errlen);
     if (fd < 0) {
-        snprintf(err, errlen, "socket: %s", strerror(errno));
-        freeaddrinfo(res);
-        return -1;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (o->reuse_port)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    if (res->ai_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, o->backlog) < 0) {
-        snprintf(err, errlen, "cannot bind %s: %s", spec, strerror(errno));
-        close(fd);
         freeaddrinfo(res);
         return -1;
     }
@@ -191,21 +202,11 @@ int cs_listen_again(const cs_listener *shared, int backlog, cs_listener *out, ch
         snprintf(err, errlen, "getsockname: %s", strerror(errno));
         return -1;
     }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd < 0) {
-        snprintf(err, errlen, "socket: %s", strerror(errno));
+    char what[340];
+    snprintf(what, sizeof(what), "a SO_REUSEPORT socket at %s", shared->display);
+    int fd = open_tcp((struct sockaddr *)&ss, sl, 1, backlog, what, err, errlen);
+    if (fd < 0)
         return -1;
-    }
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    if (ss.ss_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, backlog) < 0) {
-        snprintf(err, errlen, "cannot bind a SO_REUSEPORT socket at %s: %s", shared->display, strerror(errno));
-        close(fd);
-        return -1;
-    }
     out->fd = fd;
     describe(out);
     /* the same name as the shared socket, so the environ does not depend on which accepted */

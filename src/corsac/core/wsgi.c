@@ -476,17 +476,6 @@ typedef struct {
     cs_header inline_hdrs[INLINE_HDRS];
 } StartResponse;
 
-static const unsigned char *tchar_table(void)
-{
-    static unsigned char t[256];
-    if (!t['a']) {
-        const char *s = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-        for (; *s; s++)
-            t[(unsigned char)*s] = 1;
-    }
-    return t;
-}
-
 static int ieq(const char *a, size_t n, const char *lit)
 {
     return strlen(lit) == n && strncasecmp(a, lit, n) == 0;
@@ -520,7 +509,6 @@ static void sr_reset_store(StartResponse *self)
 /* Validate status and headers and copy them into self (two passes: size, copy). */
 static int sr_set(StartResponse *self, PyObject *status, PyObject *headers)
 {
-    const unsigned char *tchar = tchar_table();
     Py_ssize_t slen;
     const char *s = latin1_view(status, &slen, "status");
     if (!s)
@@ -560,7 +548,7 @@ static int sr_set(StartResponse *self, PyObject *status, PyObject *headers)
             goto fail;
         }
         for (Py_ssize_t k = 0; k < nl; k++)
-            if (!tchar[(unsigned char)n[k]]) {
+            if (!cs_is_tchar((unsigned char)n[k])) {
                 PyErr_Format(PyExc_ValueError, "invalid response header name %R", PyTuple_GET_ITEM(t, 0));
                 goto fail;
             }
@@ -845,14 +833,6 @@ static PyObject *template_for(cs_wsgi *w, const cs_req *r)
     return d;
 }
 
-static int hexv(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* PATH_INFO: percent-decoded bytes as latin-1, SCRIPT_NAME prefix removed. */
 static PyObject *path_info(cs_wsgi *w, const cs_req *r)
 {
@@ -869,7 +849,8 @@ static PyObject *path_info(cs_wsgi *w, const cs_req *r)
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         int hi, lo;
-        if (src[i] == '%' && i + 2 < n && (hi = hexv(src[i + 1])) >= 0 && (lo = hexv(src[i + 2])) >= 0) {
+        if (src[i] == '%' && i + 2 < n && (hi = cs_hexval((unsigned char)src[i + 1])) >= 0 &&
+            (lo = cs_hexval((unsigned char)src[i + 2])) >= 0) {
             buf[o++] = (char)(hi << 4 | lo);
             i += 2;
         } else {
