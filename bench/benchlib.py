@@ -85,6 +85,57 @@ def corsac_help(python):
     return _corsac_help_cache[python]
 
 
+_tool_help_cache = {}
+
+
+def tool_help(cmd):
+    """Output of `cmd --help` (cmd: a list), cached; '' if it cannot run."""
+    key = tuple(cmd)
+    if key not in _tool_help_cache:
+        try:
+            r = subprocess.run(list(cmd) + ["--help"], capture_output=True,
+                               text=True, timeout=60)
+            _tool_help_cache[key] = r.stdout + r.stderr
+        except (OSError, subprocess.SubprocessError):
+            _tool_help_cache[key] = ""
+    return _tool_help_cache[key]
+
+
+def script_python(script):
+    """The interpreter named on a console script's #! line, or None."""
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(1024).decode("utf-8", "replace")
+    except OSError:
+        return None
+    if not first.startswith("#!"):
+        return None
+    parts = first[2:].split()
+    if not parts:
+        return None
+    if os.path.basename(parts[0]) == "env" and len(parts) > 1:
+        return shutil.which(parts[1])
+    return parts[0] if os.access(parts[0], os.X_OK) else None
+
+
+_import_cache = {}
+
+
+def script_can_import(script, module):
+    """Whether the interpreter behind a console script can import module.
+
+    Unknown interpreters count as able to (the server then reports the
+    problem itself when it starts).
+    """
+    py = script_python(script)
+    if not py:
+        return True
+    key = (py, module)
+    if key not in _import_cache:
+        _import_cache[key] = python_can_import(py, module)
+    return _import_cache[key]
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -103,12 +154,18 @@ def taskset_prefix(cpu):
 
 # ---------------------------------------------------------- server commands
 
-def corsac_cmd(python, app, port, threads=1, workers=1):
+def corsac_cmd(python, app, port, threads=1, workers=1, interface=None, loop=None):
+    """interface: None (Corsac's auto-detection), 'wsgi' or 'asgi';
+    loop: value for --loop (callers check corsac_help for the option)."""
     cmd = [python, "-m", "corsac", app, "--app-dir", APPS_DIR,
            "--bind", "%s:%d" % (HOST, port), "--threads", str(threads),
            "--log-level", "warning"]
     if "--workers" in corsac_help(python):
         cmd += ["--workers", str(workers)]
+    if interface:
+        cmd += ["--interface", interface]
+    if loop:
+        cmd += ["--loop", loop]
     return cmd
 
 
@@ -121,16 +178,38 @@ def gunicorn_cmd(gunicorn, app, port, worker_class="sync", threads=1, workers=1)
     return cmd + [app]
 
 
-def granian_cmd(granian, app, port, blocking_threads=1, pipeline_flush=False, workers=1):
-    cmd = [granian, "--interface", "wsgi", "--workers", str(workers),
+def granian_cmd(granian, app, port, blocking_threads=1, pipeline_flush=False, workers=1,
+                interface="wsgi", loop=None):
+    """blocking_threads only matters for WSGI (Granian refuses more than one
+    for ASGI); loop is Granian's --loop (None: its own 'auto')."""
+    cmd = [granian, "--interface", interface, "--workers", str(workers),
            "--runtime-threads", "1",
            "--http", "1", "--no-ws", "--host", HOST, "--port", str(port),
            "--working-dir", APPS_DIR, "--log-level", "warning"]
-    if blocking_threads:  # 0/None: Granian's own default
+    if interface != "wsgi":
+        cmd.append("--no-access-log")  # already Granian's default; be explicit
+    if blocking_threads and interface == "wsgi":  # 0/None: Granian's own default
         cmd += ["--blocking-threads", str(blocking_threads)]
+    if loop:
+        cmd += ["--loop", loop]
     if pipeline_flush:
         cmd.append("--http1-pipeline-flush")
     return cmd + [app]
+
+
+def uvicorn_cmd(uvicorn, app, port, workers=1):
+    """uvicorn with uvloop and httptools (uvicorn[standard]); --workers 1 runs
+    the server in the uvicorn process itself, without a supervisor."""
+    return [uvicorn, "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            "--workers", str(workers), "--host", HOST, "--port", str(port),
+            "--app-dir", APPS_DIR, "--log-level", "warning", app]
+
+
+def hypercorn_cmd(hypercorn, app, port, worker_class="uvloop", workers=1):
+    """Hypercorn has no access log unless one is asked for; -w 1 still forks
+    one worker process (the leader only supervises)."""
+    return [hypercorn, "-w", str(workers), "-k", worker_class,
+            "--bind", "%s:%d" % (HOST, port), "--log-level", "warning", app]
 
 
 NGINX_CONF = """\
