@@ -37,9 +37,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check \
     "meson-python>=0.15" "meson>=1.1" ninja \
-    pytest pytest-timeout httpx requests flask django h2
+    pytest pytest-timeout httpx requests flask django h2 \
+    uvloop starlette fastapi python-multipart quart
 if [ "${1:-}" = "--bench" ]; then
-    .venv/bin/python -m pip install -q --disable-pip-version-check gunicorn granian
+    .venv/bin/python -m pip install -q --disable-pip-version-check gunicorn granian \
+        "uvicorn[standard]" hypercorn
 fi
 echo "setup: building and installing corsac into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation -e .

@@ -287,10 +287,23 @@ def test_factory_raising(tmp_path):
     _load_error(p, "factory failed")
 
 
-def test_asgi_interface_not_implemented():
-    p = run("recorder:app", "--interface", "asgi", "--app-dir", str(APPS), "--bind", "127.0.0.1:0")
-    _load_error(p)
-    assert "asgi" in p.stderr.lower()
+def test_interface_asgi_forced_on_a_wsgi_app(corsac):
+    """--interface asgi overrides detection: a WSGI callable then fails per
+    request (500, logged), and its lifespan attempt is skipped as unsupported."""
+    srv = corsac("recorder:app", "--interface", "asgi", "--loop", "asyncio")
+    resp = http_get((srv.host, srv.port), "/")
+    assert status_of(resp) == 500
+    log = srv.log()
+    assert "Using worker: asgi, asyncio event loop" in log
+    assert "lifespan' protocol appears unsupported" in log
+    assert "Exception in ASGI application" in log
+
+
+def test_loop_uvloop_flag_and_bad_choice(corsac):
+    srv = corsac("asgi_cli_app:app", "--loop", "uvloop", app_dir=None, env={"PYTHONPATH": str(APPS)})
+    assert "asgi, uvloop event loop" in srv.log()
+    p = run("recorder:app", "--loop", "tokio", "--app-dir", str(APPS))
+    assert p.returncode == 2 and "--loop" in p.stderr
 
 
 # --------------------------------------------------------------------------- app lookup

@@ -65,7 +65,7 @@ typedef struct {
     int child_slot, child_id;
     pid_t pid;              /* the arbiter's own */
     unsigned long ticks;
-    void (*on_ready)(void *);
+    void (*on_ready)(void *, const char *);
     void *ready_data;
 } cs_arbiter;
 
@@ -272,7 +272,13 @@ static void reap(cs_arbiter *a)
             continue;
         int ready = c->ever_ready || atomic_load(&a->slots[c->slot].state) != CS_SLOT_BOOTING;
         int boot_error = (WIFEXITED(st) && WEXITSTATUS(st) == CS_EXIT_BOOT) || c->boot_timeout;
-        if (!c->stopping || boot_error) {
+        if (WIFEXITED(st) && WEXITSTATUS(st) == CS_EXIT_APP) {
+            /* the app itself refused to start (its worker logged why) */
+            if (a->mode == RUNNING)
+                cs_log(CS_LOG_ERROR, "Worker (pid:%d) failed to start the app; stopping", (int)pid);
+            a->exit_code = 1;
+            begin_stop(a, QUITTING);
+        } else if (!c->stopping || boot_error) {
             if (!boot_error && WIFSIGNALED(st))
                 cs_log(CS_LOG_ERROR, "Worker (pid:%d) was killed by signal %d", (int)pid, WTERMSIG(st));
             else if (!boot_error)
@@ -384,7 +390,7 @@ static void tick(cs_loop *loop, void *data)
             if (!a->booted) {
                 a->booted = 1;
                 if (a->on_ready)
-                    a->on_ready(a->ready_data);
+                    a->on_ready(a->ready_data, s->kind);
                 /* its boot line was held back with the banner */
                 cs_log(CS_LOG_INFO, "Booting worker with pid: %d", (int)c->pid);
             }
@@ -480,7 +486,7 @@ static void on_sig(cs_loop *loop, cs_io *io, uint32_t events)
         tick(a->loop, a);
 }
 
-int cs_arbiter_run(const cs_config *cfg, int nworkers, void (*on_ready)(void *), void *ready_data,
+int cs_arbiter_run(const cs_config *cfg, int nworkers, void (*on_ready)(void *, const char *), void *ready_data,
                    cs_slot **slot, int *worker_id)
 {
     cs_arbiter *a = calloc(1, sizeof(*a));

@@ -26,6 +26,8 @@ typedef struct {
 } cs_option;
 
 static const char *const iface_choices[] = {"auto", "wsgi", "asgi", NULL};
+static const char *const loop_choices[] = {"auto", "asyncio", "uvloop", NULL};
+static const char *const lifespan_choices[] = {"auto", "on", "off", NULL};
 
 #define OFF(f) offsetof(cs_config, f)
 static const cs_option options[] = {
@@ -36,7 +38,13 @@ static const cs_option options[] = {
     {"interface", NULL, 0, T_CHOICE, OFF(interface), "auto", iface_choices, 0, 0, "Application", "auto|wsgi|asgi",
      "application interface; auto inspects the callable"},
     {"root-path", NULL, 0, T_STR, OFF(root_path), "", NULL, 0, 0, "Application", "PATH",
-     "mount point of the app: SCRIPT_NAME, stripped from PATH_INFO"},
+     "mount point of the app: SCRIPT_NAME (WSGI) or root_path (ASGI)"},
+    {"loop", NULL, 0, T_CHOICE, OFF(loop), "auto", loop_choices, 0, 0, "ASGI", "auto|asyncio|uvloop",
+     "event loop for ASGI apps; auto takes uvloop when it is installed"},
+    {"lifespan", NULL, 0, T_CHOICE, OFF(lifespan), "auto", lifespan_choices, 0, 0, "ASGI", "auto|on|off",
+     "ASGI lifespan events; auto goes on without them if the app does not support them"},
+    {"limit-concurrency", NULL, 0, T_INT, OFF(limit_concurrency), "0", NULL, 0, 1e9, "ASGI", "N",
+     "answer 503 to new requests while N run in the app (per worker); 0 = no limit"},
     {"bind", NULL, 'b', T_LIST, OFF(binds), "127.0.0.1:8000", NULL, 0, 0, "Binding", "ADDR",
      "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeat for several (systemd LISTEN_FDS are used "
      "when no bind is given)"},
@@ -101,7 +109,7 @@ static const cs_option options[] = {
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
-static const char *const group_order[] = {"Application", "Binding", "Workers", "HTTP limits", "Timeouts",
+static const char *const group_order[] = {"Application", "ASGI", "Binding", "Workers", "HTTP limits", "Timeouts",
                                           "Logging", "Hooks", NULL};
 
 static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

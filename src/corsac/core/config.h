@@ -13,6 +13,8 @@
 #define CS_MAX_BINDS 16
 
 enum { CS_IFACE_AUTO, CS_IFACE_WSGI, CS_IFACE_ASGI };
+enum { CS_LOOP_AUTO, CS_LOOP_ASYNCIO, CS_LOOP_UVLOOP };
+enum { CS_LIFESPAN_AUTO, CS_LIFESPAN_ON, CS_LIFESPAN_OFF };
 
 typedef struct {
     char *app;
@@ -40,6 +42,9 @@ typedef struct {
     char *log_file;
     char *on_starting, *post_fork, *worker_exit;   /* module:func hooks */
     char *root_path;
+    int loop;                       /* CS_LOOP_* */
+    int lifespan;                   /* CS_LIFESPAN_* */
+    long limit_concurrency;         /* 0: none */
     long limit_request_line;
     long limit_request_fields;
     long limit_request_field_size;

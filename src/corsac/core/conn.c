@@ -12,6 +12,7 @@
  * bend <= raw: chunked decoding moves payload left over its framing. */
 #include "conn.h"
 #include "log.h"
+#include "resp.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -54,6 +55,9 @@ struct cs_conn {
     int state;
     int in_pool;                    /* owned by a pool thread (loop thread's view) */
     int in_app;                     /* handler running: writes may block */
+    int async_app;                  /* an ASGI app task runs on past its handler call */
+    int want_body;                  /* ... and waits for request body bytes */
+    int app_finished;               /* ... and has finished: pick up on the next wake */
     uint64_t deadline;
     const cs_listener *listener;
     char peer[INET6_ADDRSTRLEN];
@@ -90,6 +94,7 @@ struct cs_conn {
 static const cs_req_ops h1_ops;
 static void conn_io(cs_loop *loop, cs_io *io, uint32_t events);
 static void conn_settle(cs_conn *c);
+static void async_watch(cs_conn *c);
 
 cs_conn **cs_conn_qnext(cs_conn *c) { return &c->qnext; }
 
@@ -318,7 +323,7 @@ static int conn_write(cs_conn *c, struct iovec *iov, int n, int may_block)
         if (iov[i].iov_len && queue_mem(c, iov[i].iov_base, iov[i].iov_len))
             return -1;
     if (may_block && c->in_app && c->out_bytes > OUT_HIGH) {
-        if (may_block == 2 && c->w->threads == 1)
+        if ((may_block == 2 || c->w->async) && c->w->threads == 1)
             return 1;            /* inline: yield instead of freezing the loop */
         return drain_to(c, OUT_LOW);
     }
@@ -327,29 +332,10 @@ static int conn_write(cs_conn *c, struct iovec *iov, int n, int may_block)
 
 /* ---- server-made responses ------------------------------------------------ */
 
-static const char *reason_of(int status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 504: return "Gateway Timeout";
-    case 503: return "Service Unavailable";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Error";
-    }
-}
-
 /* A whole server-made response that closes the connection; its length. */
 static size_t format_error(char buf[512], int status)
 {
-    const char *reason = reason_of(status);
+    const char *reason = cs_status_reason(status);
     int n = snprintf(buf, 512,
                      "HTTP/1.1 %d %s\r\nServer: corsac\r\n%sContent-Type: text/plain; charset=utf-8\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
@@ -462,6 +448,12 @@ static void setup_req(cs_conn *c)
                         : p->body == CS_BODY_CHUNKED ? -1 : 0;
     r->has_body = p->body != CS_BODY_NONE && !(p->body == CS_BODY_LENGTH && p->content_length == 0);
     r->head_only = p->method_len == 4 && memcmp(p->method, "HEAD", 4) == 0;
+    r->is_unix = c->listener->family == AF_UNIX;
+    for (size_t i = 0; i < p->num_headers && p->minor_version; i++) {
+        const cs_header *x = &c->headers[i];
+        if (x->name_len == 2 && strncasecmp(x->name, "te", 2) == 0 && memmem(x->value, x->value_len, "trailers", 8))
+            r->te_trailers = 1;
+    }
     c->keep_alive = p->keep_alive;
     c->resp_mode = R_NONE;
     c->resp_done = 0;
@@ -534,20 +526,28 @@ static int conn_next(cs_conn *c)
 
 /* ---- request body for the app -------------------------------------------- */
 
+/* The first read of a body the client holds back for "100 Continue". */
+static int send_continue(cs_conn *c)
+{
+    if (c->pr.expect_continue && !c->continue_sent && !c->framed && !c->req.started) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        struct iovec v = {(void *)cont, sizeof(cont) - 1};
+        c->continue_sent = 1;
+        if (conn_write(c, &v, 1, 0) < 0) {
+            c->req.body_error = CS_BODY_GONE;
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static ssize_t h1_read(cs_req *r, char *buf, size_t n)
 {
     cs_conn *c = from_req(r);
     if (n == 0)
         return 0;
-    if (c->pr.expect_continue && !c->continue_sent && !c->framed && !r->started) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        struct iovec v = {(void *)cont, sizeof(cont) - 1};
-        c->continue_sent = 1;
-        if (conn_write(c, &v, 1, 0) < 0) {
-            r->body_error = CS_BODY_GONE;
-            return -1;
-        }
-    }
+    if (send_continue(c) < 0)
+        return -1;
     for (;;) {
         if (c->bpos < c->bend) {
             size_t take = c->bend - c->bpos < n ? c->bend - c->bpos : n;
@@ -595,6 +595,49 @@ static ssize_t h1_read(cs_req *r, char *buf, size_t n)
     }
 }
 
+/* Async handlers: hand over what is decoded, never wait. */
+static int h1_body(cs_req *r, const char **p, size_t *n, int *more)
+{
+    cs_conn *c = from_req(r);
+    if (send_continue(c) < 0)
+        return -1;
+    for (;;) {
+        if (!r->body_error && frame_body(c) < 0)
+            return -1;
+        if (c->bpos < c->bend) {
+            *p = c->rbuf + c->bpos;
+            *n = c->bend - c->bpos;
+            c->bpos = c->bend;
+            *more = !c->framed;
+            return 1;
+        }
+        if (c->framed)
+            return 0;
+        if (r->body_error)
+            return -1;
+        /* everything buffered is consumed: reuse the buffer from the start */
+        c->rpos = c->rlen = c->bpos = c->bend = c->raw = 0;
+        ssize_t got = read(c->io.fd, c->rbuf, c->rcap);
+        if (got > 0) {
+            c->rlen = (size_t)got;
+            continue;
+        }
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 && errno == EAGAIN) {
+            if (!c->want_body)
+                c->deadline = cs_now_ms() + c->w->body_ms;
+            c->want_body = 1;
+            if (c->async_app)
+                async_watch(c);
+            return CS_AGAIN;
+        }
+        c->peer_eof = got == 0;
+        r->body_error = CS_BODY_GONE;
+        return -1;
+    }
+}
+
 /* ---- response ------------------------------------------------------------- */
 
 static size_t put(char *p, const char *s, size_t n)
@@ -613,13 +656,15 @@ static size_t head_size(const cs_resp_head *h)
     return n;
 }
 
-static size_t build_head(cs_conn *c, const cs_resp_head *h, const struct iovec *iov, int iovcnt, int fin,
+static size_t build_head(cs_conn *c, const cs_resp_head *h, const struct iovec *iov, int iovcnt, int flags,
                          char *buf)
 {
     cs_req *r = &c->req;
-    int st = h->status;
+    int st = h->status, fin = flags & CS_SEND_FIN;
     int64_t cl = h->content_length;
     int no_body = r->head_only || st == 204 || st == 304 || st < 200;
+    if ((flags & CS_SEND_TRAILERS) && r->te_trailers && !no_body)
+        cl = -1, fin = 0;           /* trailers need the chunked framing */
 
     if (cl < 0 && fin) {            /* the whole body is in hand: frame it exactly */
         uint64_t total = 0;
@@ -709,7 +754,7 @@ static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, in
     }
     if (iovcnt > MAX_IOV) {
         /* split: the bridge never hands over more than MAX_IOV, but stay safe */
-        int rc = h1_send(r, h, iov, MAX_IOV, fin ? CS_SEND_MAY_SUSPEND : 0);
+        int rc = h1_send(r, h, iov, MAX_IOV, (flags & CS_SEND_TRAILERS) | (fin ? CS_SEND_MAY_SUSPEND : 0));
         if (rc < 0)
             return -1;
         return h1_send(r, NULL, iov + MAX_IOV, iovcnt - MAX_IOV, flags);
@@ -723,7 +768,7 @@ static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, in
             return -1;
         }
         v[k].iov_base = hb;
-        v[k++].iov_len = build_head(c, h, iov, iovcnt, fin, hb);
+        v[k++].iov_len = build_head(c, h, iov, iovcnt, flags, hb);
         r->started = 1;
     }
     uint64_t total = 0;
@@ -789,13 +834,20 @@ static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, in
         rc = conn_write(c, v, k, fin ? 0 : (flags & CS_SEND_MAY_SUSPEND) ? 2 : 1);
     }
     free(heap);
+    if (rc == 1 && !r->blocked) {
+        r->blocked = 1;
+        c->deadline = cs_now_ms() + c->w->body_ms;
+    }
+    if (c->async_app && c->out_head)
+        async_watch(c);
     return rc;
 }
 
-static int h1_sendfile(cs_req *r, const cs_resp_head *h, int fd, off_t off, uint64_t len)
+static int h1_sendfile(cs_req *r, const cs_resp_head *h, int fd, off_t off, uint64_t len, int flags)
 {
     cs_conn *c = from_req(r);
-    if (h1_send(r, h, NULL, 0, 0) < 0) {
+    int fin = flags & CS_SEND_FIN;
+    if (h1_send(r, h, NULL, 0, flags & CS_SEND_TRAILERS) < 0) {
         close(fd);
         return -1;
     }
@@ -803,7 +855,7 @@ static int h1_sendfile(cs_req *r, const cs_resp_head *h, int fd, off_t off, uint
         len = c->resp_left;
     if (c->resp_mode == R_NONE || len == 0) {
         close(fd);
-        return h1_send(r, NULL, NULL, 0, CS_SEND_FIN);
+        return fin ? h1_send(r, NULL, NULL, 0, CS_SEND_FIN) : 0;
     }
     if (c->resp_mode == R_CHUNKED) {
         char sizeline[24];
@@ -816,7 +868,7 @@ static int h1_sendfile(cs_req *r, const cs_resp_head *h, int fd, off_t off, uint
     }
     if (c->resp_mode == R_LENGTH) {
         c->resp_left -= len;
-        if (c->resp_left) {
+        if (c->resp_left && fin) {
             /* the file is shorter than the app's Content-Length: the client
              * waits for bytes that never come, so the connection cannot go on */
             cs_log(CS_LOG_WARNING, "conn: file for %s is %llu bytes short of its Content-Length; closing",
@@ -831,11 +883,14 @@ static int h1_sendfile(cs_req *r, const cs_resp_head *h, int fd, off_t off, uint
     if (flush_out(c) < 0)
         return -1;
     if (c->resp_mode == R_CHUNKED) {
-        struct iovec v = {(void *)"\r\n0\r\n\r\n", 7};
-        if (conn_write(c, &v, 1, 0) < 0)
+        struct iovec v = {(void *)"\r\n0\r\n\r\n", fin ? 7 : 2};
+        if (conn_write(c, &v, 1, fin ? 0 : 2) < 0)
             return -1;
     }
-    c->resp_done = 1;
+    if (fin)
+        c->resp_done = 1;
+    if (c->async_app && c->out_head)
+        async_watch(c);
     return 0;
 }
 
@@ -846,7 +901,57 @@ static void h1_abort(cs_req *r)
     c->resp_done = 1;
 }
 
-static const cs_req_ops h1_ops = {h1_read, h1_send, h1_sendfile, h1_abort};
+static int h1_trailers(cs_req *r, const cs_header *f, size_t n)
+{
+    cs_conn *c = from_req(r);
+    if (c->broken || c->resp_done)
+        return -1;
+    if (c->resp_mode != R_CHUNKED)
+        return h1_send(r, NULL, NULL, 0, CS_SEND_FIN);
+    size_t need = 8;
+    for (size_t i = 0; i < n && r->te_trailers; i++)
+        need += f[i].name_len + f[i].value_len + 4;
+    char stack[2048], *buf = need <= sizeof(stack) ? stack : malloc(need), *p = buf;
+    if (!buf) {
+        cs_log(CS_LOG_ERROR, "conn: out of memory for %zu bytes of trailers", need);
+        c->broken = 1;
+        return -1;
+    }
+    p += PUTLIT(p, "0\r\n");
+    for (size_t i = 0; i < n && r->te_trailers; i++) {
+        p += put(p, f[i].name, f[i].name_len);
+        p += PUTLIT(p, ": ");
+        p += put(p, f[i].value, f[i].value_len);
+        p += PUTLIT(p, "\r\n");
+    }
+    p += PUTLIT(p, "\r\n");
+    struct iovec v = {buf, (size_t)(p - buf)};
+    c->resp_done = 1;
+    int rc = conn_write(c, &v, 1, 0);
+    if (buf != stack)
+        free(buf);
+    if (c->async_app && c->out_head)
+        async_watch(c);
+    return rc;
+}
+
+/* The app task of a suspended async request finished.  We are inside that
+ * task's step: the next request must not start here (a task cannot begin
+ * inside another), so the connection goes back to the loop's done list. */
+static void h1_done(cs_req *r)
+{
+    cs_conn *c = from_req(r);
+    r->suspended = 0;
+    r->blocked = 0;
+    c->async_app = 0;
+    c->in_app = 0;
+    c->want_body = 0;
+    c->app_finished = 1;
+    cs_loop_watch(c->w->loop, &c->io, 0);
+    cs_worker_hand_back(c->w, c);
+}
+
+static const cs_req_ops h1_ops = {h1_read, h1_send, h1_sendfile, h1_abort, h1_body, h1_trailers, h1_done};
 
 /* ---- running requests ----------------------------------------------------- */
 
@@ -877,8 +982,15 @@ static void finish_request(cs_conn *c)
  * is ready to run. */
 static int after_handler(cs_conn *c)
 {
-    if (c->req.suspended)
+    if (c->req.suspended) {
+        if (c->w->async) {
+            /* the app task goes on by itself; the loop watches for it */
+            c->async_app = 1;
+            c->in_app = 1;
+            c->deadline = cs_now_ms() + c->w->body_ms;
+        }
         return 0;
+    }
     finish_request(c);
     if (c->closing || c->broken || c->out_bytes > OUT_LOW)
         return 0;
@@ -915,6 +1027,12 @@ again:
         c->in_app = 0;
         resume = 0;
     } while (after_handler(c));
+    if (c->async_app) {
+        c->cork = 0;
+        if (c->out_head && flush_out(c) < 0)
+            return;
+        return;
+    }
     c->cork = 0;
     /* Stopped for queued output.  If the socket takes it now, carry on: resume
      * a suspended response, or go on to the next buffered request.  Never
@@ -924,7 +1042,7 @@ again:
         if (c->broken || c->closing)
             return;
         if (c->req.suspended) {
-            if (c->out_bytes <= OUT_LOW) {
+            if (!c->w->async && c->out_bytes <= OUT_LOW) {
                 resume = 1;
                 goto again;
             }
@@ -965,6 +1083,8 @@ static void conn_free(cs_conn *c)
     if (c->req.suspended) {
         c->req.suspended = 0;
         w->cancel(&c->req, w->handler_data);
+        if (w->async)
+            cs_worker_request_done(w);
     }
     cs_loop_watch(w->loop, &c->io, 0);
     close(c->io.fd);
@@ -1003,6 +1123,10 @@ static void conn_settle(cs_conn *c)
         conn_free(c);
         return;
     }
+    if (c->async_app) {
+        async_watch(c);
+        return;
+    }
     if (c->out_head) {
         c->state = S_FLUSH;
         c->deadline = cs_now_ms() + w->body_ms;
@@ -1025,7 +1149,73 @@ static void conn_settle(cs_conn *c)
 void cs_conn_resume(cs_conn *c)
 {
     c->in_pool = 0;
+    if (c->app_finished) {
+        c->app_finished = 0;
+        if (after_handler(c))
+            cs_conn_run(c);
+    }
     conn_settle(c);
+}
+
+/* ---- async app tasks ------------------------------------------------------ */
+
+/* While an app task runs on: read body bytes it may ask for (while there is
+ * room), write queued output, and notice the client leaving (RDHUP). */
+static void async_watch(cs_conn *c)
+{
+    uint32_t ev = EPOLLRDHUP;
+    if (!c->framed && !c->req.body_error && c->rlen < c->rcap)
+        ev |= EPOLLIN;
+    if (c->out_head)
+        ev |= EPOLLOUT;
+    if (cs_loop_watch(c->w->loop, &c->io, ev) < 0)
+        c->broken = 1;
+}
+
+static void async_io(cs_conn *c, uint32_t events)
+{
+    cs_worker *w = c->w;
+    int notify = 0;
+    if ((events & EPOLLOUT) && c->out_head) {
+        size_t before = c->out_bytes;
+        if (flush_out(c) < 0) {
+            conn_free(c);
+            return;
+        }
+        if (c->out_bytes < before)
+            c->deadline = cs_now_ms() + w->body_ms;
+        if (c->req.blocked && c->out_bytes <= OUT_LOW) {
+            c->req.blocked = 0;
+            notify = 1;
+        }
+    }
+    if (c->io.events & EPOLLIN) {
+        if (c->raw == c->rlen && c->bpos == c->bend)
+            c->rpos = c->rlen = c->bpos = c->bend = c->raw = 0;
+        ssize_t n = c->rlen < c->rcap ? read(c->io.fd, c->rbuf + c->rlen, c->rcap - c->rlen) : -1;
+        if (n > 0) {
+            c->rlen += (size_t)n;
+            c->deadline = cs_now_ms() + w->body_ms;
+            if (frame_body(c) < 0)
+                notify = 1;        /* body_error set: the app hears of it */
+            if (c->want_body && (c->bpos < c->bend || c->framed || c->req.body_error)) {
+                c->want_body = 0;
+                notify = 1;
+            }
+        } else if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR && c->rlen < c->rcap)) {
+            c->peer_eof = n == 0;
+            conn_free(c);
+            return;
+        }
+    } else if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        c->peer_eof = 1;
+        conn_free(c);
+        return;
+    }
+    if (notify)
+        w->resume(&c->req, w->handler_data);
+    if (c->async_app)
+        async_watch(c);
 }
 
 static void on_readable(cs_conn *c)
@@ -1083,6 +1273,10 @@ static void conn_io(cs_loop *loop, cs_io *io, uint32_t events)
         break;
     }
     case S_APP:
+        if (c->async_app) {
+            async_io(c, events);
+            break;
+        }
         if (!c->in_pool && !c->in_app && !c->req.suspended) {
             /* nothing should leave a connection here between requests; if a
              * path ever does, pick the connection up rather than spin on it */
@@ -1203,8 +1397,16 @@ void cs_conn_sweep(cs_worker *w)
     cs_conn *next;
     for (cs_conn *c = w->conns; c; c = next) {
         next = c->next;
-        if (c->in_pool || c->state == S_APP)
+        if (c->in_pool)
             continue;
+        if (c->state == S_APP) {
+            if (c->async_app && (c->want_body || c->out_head) && now >= c->deadline) {
+                cs_log(CS_LOG_INFO, "conn: %s stalled %s; dropping the connection", c->peer,
+                       c->want_body ? "sending its request body" : "reading the response");
+                conn_free(c);
+            }
+            continue;
+        }
         if (stopping && c->state == S_IDLE) {
             conn_free(c);
             continue;

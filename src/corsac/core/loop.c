@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@ struct cs_loop {
     cs_timer timers[MAX_TIMERS];
     cs_hook_fn *before, *after;
     void *hook_data;
+    cs_io tick;                 /* embedded mode: a timerfd that wakes the host loop */
     struct epoll_event events[MAX_EVENTS];
 };
 
@@ -50,6 +52,7 @@ cs_loop *cs_loop_new(void)
         return NULL;
     }
     l->now = cs_now_ms();
+    l->tick.fd = -1;
     return l;
 }
 
@@ -57,6 +60,8 @@ void cs_loop_free(cs_loop *l)
 {
     if (!l)
         return;
+    if (l->tick.fd >= 0)
+        close(l->tick.fd);
     close(l->epfd);
     free(l);
 }
@@ -92,7 +97,24 @@ void cs_loop_set_wait_hooks(cs_loop *l, cs_hook_fn *before, cs_hook_fn *after, v
 
 void cs_loop_stop(cs_loop *l) { l->stop = 1; }
 
-uint64_t cs_loop_now(const cs_loop *l) { return l->now; }
+static void run_timers(cs_loop *l)
+{
+    for (int i = 0; i < l->ntimers; i++) {
+        cs_timer *t = &l->timers[i];
+        if (l->now >= t->next) {
+            t->next = l->now + t->every;
+            t->fn(l, t->data);
+        }
+    }
+}
+
+static void dispatch(cs_loop *l, int n)
+{
+    for (int i = 0; i < n; i++) {
+        cs_io *io = l->events[i].data.ptr;
+        io->fn(l, io, l->events[i].events);
+    }
+}
 
 int cs_loop_run(cs_loop *l)
 {
@@ -119,17 +141,55 @@ int cs_loop_run(cs_loop *l)
             cs_log(CS_LOG_ERROR, "loop: epoll_wait: %s", strerror(err));
             return -1;
         }
-        for (int i = 0; i < n; i++) {
-            cs_io *io = l->events[i].data.ptr;
-            io->fn(l, io, l->events[i].events);
-        }
-        for (int i = 0; i < l->ntimers; i++) {
-            cs_timer *t = &l->timers[i];
-            if (l->now >= t->next) {
-                t->next = l->now + t->every;
-                t->fn(l, t->data);
-            }
-        }
+        dispatch(l, n);
+        run_timers(l);
     }
     return 0;
+}
+
+static void tick_io(cs_loop *l, cs_io *io, uint32_t events)
+{
+    uint64_t expirations;
+    (void)l;
+    (void)events;
+    if (read(io->fd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
+        cs_log(CS_LOG_ERROR, "loop: timerfd read: %s", strerror(errno));
+}
+
+int cs_loop_embed(cs_loop *l)
+{
+    unsigned every = 0;
+    for (int i = 0; i < l->ntimers; i++)
+        if (!every || l->timers[i].every < every)
+            every = l->timers[i].every;
+    if (!every)
+        return 0;
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (fd < 0) {
+        cs_log(CS_LOG_ERROR, "loop: timerfd_create: %s", strerror(errno));
+        return -1;
+    }
+    struct timespec ts = {every / 1000, (long)(every % 1000) * 1000000};
+    struct itimerspec its = {ts, ts};
+    l->tick = (cs_io){.fd = fd, .fn = tick_io};
+    if (timerfd_settime(fd, 0, &its, NULL) < 0) {
+        cs_log(CS_LOG_ERROR, "loop: timerfd_settime: %s", strerror(errno));
+        return -1;
+    }
+    return cs_loop_watch(l, &l->tick, EPOLLIN);
+}
+
+int cs_loop_fd(const cs_loop *l) { return l->epfd; }
+
+int cs_loop_poll(cs_loop *l)
+{
+    int n = epoll_wait(l->epfd, l->events, MAX_EVENTS, 0);
+    if (n < 0 && errno != EINTR) {
+        cs_log(CS_LOG_ERROR, "loop: epoll_wait: %s", strerror(errno));
+        return -1;
+    }
+    l->now = cs_now_ms();
+    dispatch(l, n > 0 ? n : 0);
+    run_timers(l);
+    return l->stop;
 }

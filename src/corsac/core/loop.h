@@ -39,8 +39,16 @@ void cs_loop_set_wait_hooks(cs_loop *loop, cs_hook_fn *before, cs_hook_fn *after
 int cs_loop_run(cs_loop *loop);
 void cs_loop_stop(cs_loop *loop);
 
-/* Monotonic milliseconds, refreshed after every wait. */
-uint64_t cs_loop_now(const cs_loop *loop);
+/* Embedded mode (the ASGI worker): a host loop (asyncio, uvloop) watches
+ * cs_loop_fd() for readability and calls cs_loop_poll(), which handles what
+ * is ready without blocking.  cs_loop_embed adds a timerfd so the timers
+ * fire with no other traffic; call it after the last cs_loop_every.
+ * cs_loop_poll returns 1 once cs_loop_stop was called, -1 on error. */
+int cs_loop_embed(cs_loop *loop);
+int cs_loop_fd(const cs_loop *loop);
+int cs_loop_poll(cs_loop *loop);
+
+/* Monotonic milliseconds. */
 uint64_t cs_now_ms(void);
 
 #endif

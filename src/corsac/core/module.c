@@ -5,6 +5,7 @@
 #include <Python.h>
 
 #include "app.h"
+#include "asgi.h"
 #include "arbiter.h"
 #include "config.h"
 #include "log.h"
@@ -95,7 +96,7 @@ static void drop_hooks(hooks *h)
 }
 
 /* In a forked worker: load the app (unless preloaded) and serve. */
-static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject *app, int nworkers,
+static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject *app, int iface, int nworkers,
                        cs_slot *slot, int id, hooks *hk)
 {
     char title[320], err[1024];
@@ -108,21 +109,26 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
     }
     if (app) {
         Py_INCREF(app);
-    } else {
-        int iface;
-        if (!(app = cs_app_load(cfg, &iface, err, sizeof(err)))) {
+    } else if (!(app = cs_app_load(cfg, &iface, err, sizeof(err)))) {
+        fprintf(stderr, "corsac: error: %s\n", err);
+        return CS_EXIT_BOOT;
+    }
+    cs_wsgi *wsgi = NULL;
+    cs_asgi *asgi = NULL;
+    if (iface == CS_IFACE_ASGI) {
+        if (!(asgi = cs_asgi_new(app, cfg, err, sizeof(err)))) {
             fprintf(stderr, "corsac: error: %s\n", err);
-            return CS_EXIT_BOOT;
-        }
-        if (iface == CS_IFACE_ASGI) {
-            fprintf(stderr, "corsac: error: '%s': the ASGI interface is not available yet\n",
-                    cfg->app);
             Py_DECREF(app);
             return CS_EXIT_BOOT;
         }
-    }
-    cs_wsgi *wsgi = cs_wsgi_new(app, cfg, nworkers > 1);
-    if (!wsgi) {
+        /* lifespan startup: before this worker takes any connection */
+        if (cs_asgi_startup(asgi) < 0) {
+            cs_asgi_shutdown(asgi);
+            cs_asgi_free(asgi);
+            Py_DECREF(app);
+            return CS_EXIT_APP;
+        }
+    } else if (!(wsgi = cs_wsgi_new(app, cfg, nworkers > 1))) {
         PyErr_Print();
         Py_DECREF(app);
         return CS_EXIT_BOOT;
@@ -167,17 +173,34 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
     w.lio = lio;
     w.nlisteners = nlio;
     w.threads = (int)cfg->threads;
-    w.handler = cs_wsgi_handle;
-    w.resume = cs_wsgi_resume;
-    w.cancel = cs_wsgi_cancel;
-    w.handler_data = wsgi;
+    if (asgi) {
+        if (cfg->threads > 1 && id == 0)
+            cs_log(CS_LOG_WARNING, "--threads does not apply to ASGI apps: they run on the event loop");
+        if (w.request_ms && id == 0)
+            cs_log(CS_LOG_WARNING, "--request-timeout applies to WSGI apps only; ignored");
+        w.request_ms = 0;
+        cs_asgi_attach(asgi, &w);
+        if (slot)
+            snprintf(slot->kind, sizeof(slot->kind), "asgi, %s event loop", cs_asgi_loop_name(asgi));
+    } else {
+        w.handler = cs_wsgi_handle;
+        w.resume = cs_wsgi_resume;
+        w.cancel = cs_wsgi_cancel;
+        w.handler_data = wsgi;
+        if (slot)
+            snprintf(slot->kind, sizeof(slot->kind), "wsgi, %ld thread%s", cfg->threads,
+                     cfg->threads > 1 ? "s" : " (app runs on the I/O thread)");
+    }
     int rc = cs_worker_run(&w);
+    if (asgi)
+        cs_asgi_shutdown(asgi);
     if (call_hook(hk->worker_exit, "--worker-exit", id, err, sizeof(err)) < 0)
         cs_log(CS_LOG_ERROR, "%s", err);
     cs_log(CS_LOG_INFO, "Worker exiting (pid: %d)", (int)getpid());
     for (int i = 0; i < nown; i++)
         cs_listener_close(&own[i]);
     cs_wsgi_free(wsgi);
+    cs_asgi_free(asgi);
     Py_DECREF(app);
     return rc;
 }
@@ -202,15 +225,14 @@ typedef struct {
 } banner_args;
 
 /* Start-up lines, printed once the first worker is ready to serve. */
-static void print_banner(void *data)
+static void print_banner(void *data, const char *kind)
 {
     const banner_args *b = data;
     const cs_config *cfg = b->cfg;
     cs_log(CS_LOG_INFO, "Starting corsac %s", CORSAC_VERSION);
     for (int i = 0; i < b->nl; i++)
         cs_log(CS_LOG_INFO, "Listening at: %s (%d)", b->listeners[i].display, (int)getpid());
-    cs_log(CS_LOG_INFO, "Using worker: wsgi, %ld thread%s%s", cfg->threads, cfg->threads > 1 ? "s" : "",
-           cfg->threads > 1 ? "" : " (app runs on the I/O thread)");
+    cs_log(CS_LOG_INFO, "Using worker: %s", kind[0] ? kind : "?");
     cs_log(CS_LOG_INFO, "Using %d worker%s%s", b->nworkers, b->nworkers > 1 ? "s" : "",
            cfg->workers ? "" : " (one per CPU this process may use)");
 }
@@ -218,7 +240,7 @@ static void print_banner(void *data)
 static int run(cs_config *cfg)
 {
     char err[1024];
-    int rc = 1, nl = 0, iface;
+    int rc = 1, nl = 0, iface = CS_IFACE_AUTO;
     PyObject *app = NULL;
     cs_listener listeners[CS_MAX_BINDS];
     hooks hk = {0};
@@ -236,12 +258,6 @@ static int run(cs_config *cfg)
     if (cfg->preload) {
         if (!(app = cs_app_load(cfg, &iface, err, sizeof(err)))) {
             fprintf(stderr, "corsac: error: %s\n", err);
-            return 1;
-        }
-        if (iface == CS_IFACE_ASGI) {
-            fprintf(stderr, "corsac: error: '%s': the ASGI interface is not available yet\n",
-                    cfg->app);
-            Py_DECREF(app);
             return 1;
         }
     }
@@ -276,7 +292,7 @@ static int run(cs_config *cfg)
     int id = 0;
     rc = cs_arbiter_run(cfg, nworkers, print_banner, &banner, &slot, &id);
     if (rc == CS_IN_WORKER) {
-        rc = worker_main(cfg, listeners, nl, app, nworkers, slot, id, &hk);
+        rc = worker_main(cfg, listeners, nl, app, iface, nworkers, slot, id, &hk);
         /* the socket files and the pid file belong to the arbiter */
         for (int i = 0; i < nl; i++) {
             free(listeners[i].unix_path);
@@ -353,7 +369,8 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *m = PyModule_Create(&core_module);
     if (!m)
         return NULL;
-    if (PyModule_AddStringConstant(m, "__version__", CORSAC_VERSION) < 0 || cs_wsgi_add_types(m) < 0) {
+    if (PyModule_AddStringConstant(m, "__version__", CORSAC_VERSION) < 0 || cs_wsgi_add_types(m) < 0 ||
+        cs_asgi_add_types(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

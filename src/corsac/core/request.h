@@ -1,11 +1,13 @@
 /* request.h - the protocol-independent request.
  *
  * Every protocol (HTTP/1.1 in conn.c; HTTP/2 later) produces a cs_req and
- * every handler (the WSGI bridge; ASGI and static files later) consumes it
+ * every handler (the WSGI and ASGI bridges; static files later) consumes it
  * through cs_req_ops, never knowing which protocol is underneath (H2O's
- * h2o_req_t idea).  Handlers run in "app context": on the I/O thread with
- * --threads 1, or on a pool thread; ops may block there (they release the
- * GIL through the worker's hooks while they wait). */
+ * h2o_req_t idea).  WSGI handlers run in "app context": on the I/O thread
+ * with --threads 1, or on a pool thread; read and send may block there (they
+ * release the GIL through the worker's hooks while they wait).  The ASGI
+ * handler never blocks: it uses body() and the MAY_SUSPEND protocol, and a
+ * request whose app task outlives the handler call ends with done(). */
 #ifndef CORSAC_REQUEST_H
 #define CORSAC_REQUEST_H
 
@@ -43,14 +45,28 @@ typedef struct {
      * client is behind: the handler should set r->suspended and return, and
      * the protocol calls the worker's resume hook once the queue drains. */
     int (*send)(cs_req *r, const cs_resp_head *head, const struct iovec *iov, int iovcnt, int flags);
-    /* Like send, for len bytes of fd from off; always ends the response.
-     * Takes ownership of fd. */
-    int (*sendfile)(cs_req *r, const cs_resp_head *head, int fd, off_t off, uint64_t len);
+    /* Like send, for len bytes of fd from off (flags: CS_SEND_FIN ends the
+     * response).  Takes ownership of fd. */
+    int (*sendfile)(cs_req *r, const cs_resp_head *head, int fd, off_t off, uint64_t len, int flags);
     /* The response cannot be completed: drop the connection. */
     void (*abort)(cs_req *r);
+    /* Non-blocking body access: 1 with the next decoded bytes in *p, *n
+     * (valid until the next call; *more says whether the body goes on), 0 at
+     * the end of the body, -1 on failure (body_error set), CS_AGAIN when
+     * nothing is buffered: the protocol calls the worker's resume hook when
+     * that changes. */
+    int (*body)(cs_req *r, const char **p, size_t *n, int *more);
+    /* End a response whose head asked for trailers: the last chunk carries
+     * these fields when the client accepts trailers (te_trailers), otherwise
+     * they are dropped. */
+    int (*trailers)(cs_req *r, const cs_header *fields, size_t n);
+    /* A handler that returned with `suspended` set has finished (response
+     * complete, failed or aborted): the protocol moves on to the next request. */
+    void (*done)(cs_req *r);
 } cs_req_ops;
 
-enum { CS_SEND_FIN = 1, CS_SEND_MAY_SUSPEND = 2 };
+enum { CS_SEND_FIN = 1, CS_SEND_MAY_SUSPEND = 2, CS_SEND_TRAILERS = 4 /* head: end with trailers */ };
+enum { CS_AGAIN = 2 };
 
 /* Why reading the body failed: the status a response should carry. */
 enum { CS_BODY_OK = 0, CS_BODY_GONE = 499 /* client disconnected */ };
@@ -76,6 +92,9 @@ struct cs_req {
     unsigned head_only : 1;                    /* HEAD: no body bytes go out */
     unsigned started : 1;                      /* head sent: status can no longer change */
     unsigned suspended : 1;                    /* handler yielded; resume when the client catches up */
+    unsigned blocked : 1;                      /* send returned 1: output above the high mark */
+    unsigned te_trailers : 1;                  /* the client sent "TE: trailers" */
+    unsigned is_unix : 1;                      /* over a unix socket: no peer address */
     void *bridge;                              /* handler state for this request */
 };
 

@@ -199,6 +199,18 @@ void cs_worker_submit(cs_worker *w, cs_conn *c)
     pthread_mutex_unlock(&w->mu);
 }
 
+void cs_worker_hand_back(cs_worker *w, cs_conn *c)
+{
+    pthread_mutex_lock(&w->mu);
+    int first = w->done == NULL;
+    *cs_conn_qnext(c) = w->done;
+    w->done = c;
+    pthread_mutex_unlock(&w->mu);
+    uint64_t one = 1;
+    if (first && write(w->wake.fd, &one, sizeof(one)) < 0)
+        cs_log(CS_LOG_ERROR, "worker: eventfd write: %s", strerror(errno));
+}
+
 static void *pool_main(void *arg)
 {
     cs_worker *w = arg;
@@ -228,13 +240,9 @@ static void *pool_main(void *arg)
         atomic_store(&w->busy_since[me], 0);
 
         pthread_mutex_lock(&w->mu);
-        *cs_conn_qnext(c) = w->done;
-        w->done = c;
         w->busy--;
         pthread_mutex_unlock(&w->mu);
-        uint64_t one = 1;
-        if (write(w->wake.fd, &one, sizeof(one)) < 0)
-            cs_log(CS_LOG_ERROR, "worker: eventfd write: %s", strerror(errno));
+        cs_worker_hand_back(w, c);
     }
     PyEval_RestoreThread(ts);
     PyGILState_Release(g);
@@ -286,7 +294,7 @@ static void sweep(cs_loop *loop, void *data)
     }
 }
 
-static int start_pool(cs_worker *w)
+static int start_wake(cs_worker *w)
 {
     int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (efd < 0) {
@@ -294,7 +302,12 @@ static int start_pool(cs_worker *w)
         return -1;
     }
     w->wake = (cs_io){.fd = efd, .fn = wake_io};
-    if (cs_loop_watch(w->loop, &w->wake, EPOLLIN) < 0)
+    return cs_loop_watch(w->loop, &w->wake, EPOLLIN);
+}
+
+static int start_pool(cs_worker *w)
+{
+    if (start_wake(w) < 0)
         return -1;
     w->pool = calloc((size_t)w->threads, sizeof(pthread_t));
     w->busy_since = calloc((size_t)w->threads, sizeof(*w->busy_since));
@@ -394,10 +407,13 @@ int cs_worker_run(cs_worker *w)
             PyEval_RestoreThread(ts);
             goto restore;
         }
+    } else if (w->async) {
+        if (start_wake(w) < 0 || cs_loop_embed(w->loop) < 0)
+            goto restore;
     } else {
         cs_loop_set_wait_hooks(w->loop, before_wait, after_wait, NULL);
     }
-    rc = cs_loop_run(w->loop) < 0 ? 1 : 0;
+    rc = (w->async ? w->drive(w) : cs_loop_run(w->loop)) < 0 ? 1 : 0;
 
     if (pooled) {
         pthread_mutex_lock(&w->mu);

@@ -48,6 +48,7 @@ struct cs_worker {
     cs_listen_io *lio;
     int nlisteners;
     int threads;                    /* 1: handlers run inline on the loop thread */
+    int async;                      /* ASGI: handlers never block; app tasks outlive them */
 
     cs_conn *conns;                 /* every open connection (loop thread only) */
     size_t nconns;
@@ -72,9 +73,14 @@ struct cs_worker {
     uint64_t stop_deadline;
 
     cs_handler_fn *handler;
-    cs_handler_fn *resume;          /* continue a suspended handler (inline mode) */
+    /* continue a suspended handler (inline WSGI); for async handlers: the
+     * body, the output queue or the client changed, look again */
+    cs_handler_fn *resume;
     cs_handler_fn *cancel;          /* drop a suspended handler: its client is gone */
     void *handler_data;
+    /* async: run the host event loop until the worker loop stops (instead of
+     * cs_loop_run); the worker's epoll fd is to be watched through it */
+    int (*drive)(cs_worker *w);
     /* Release and retake the GIL around blocking waits in app context. */
     void *(*unlock)(void);
     void (*relock)(void *token);
@@ -107,5 +113,10 @@ void cs_worker_retire(cs_worker *w, const char *why);
 
 /* Queue a ready connection for the pool (loop thread). */
 void cs_worker_submit(cs_worker *w, cs_conn *c);
+
+/* Hand a connection back to the loop through the done list, from a pool
+ * thread or (async) from an app task, which must not run the next request
+ * itself. */
+void cs_worker_hand_back(cs_worker *w, cs_conn *c);
 
 #endif

@@ -6,6 +6,7 @@
  * or tuple body goes out in one writev with a Content-Length we compute. */
 #include "wsgi.h"
 #include "log.h"
+#include "resp.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -476,11 +477,6 @@ typedef struct {
     cs_header inline_hdrs[INLINE_HDRS];
 } StartResponse;
 
-static int ieq(const char *a, size_t n, const char *lit)
-{
-    return strlen(lit) == n && strncasecmp(a, lit, n) == 0;
-}
-
 /* Latin-1 bytes of a str, or NULL (ValueError set) when it holds other characters. */
 static const char *latin1_view(PyObject *s, Py_ssize_t *n, const char *what)
 {
@@ -543,22 +539,14 @@ static int sr_set(StartResponse *self, PyObject *status, PyObject *headers)
         const char *v = n ? latin1_view(PyTuple_GET_ITEM(t, 1), &vl, "header value") : NULL;
         if (!v)
             goto fail;
-        if (nl == 0) {
-            PyErr_SetString(PyExc_ValueError, "invalid response header: empty name");
+        if (!cs_field_name_ok(n, (size_t)nl)) {
+            PyErr_Format(PyExc_ValueError, "invalid response header name %R", PyTuple_GET_ITEM(t, 0));
             goto fail;
         }
-        for (Py_ssize_t k = 0; k < nl; k++)
-            if (!cs_is_tchar((unsigned char)n[k])) {
-                PyErr_Format(PyExc_ValueError, "invalid response header name %R", PyTuple_GET_ITEM(t, 0));
-                goto fail;
-            }
-        for (Py_ssize_t k = 0; k < vl; k++) {
-            unsigned char c = (unsigned char)v[k];
-            if ((c < 0x20 && c != '\t') || c == 0x7f) {
-                PyErr_Format(PyExc_ValueError, "invalid response header value %R for %R: control character",
-                             PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 0));
-                goto fail;
-            }
+        if (!cs_field_value_ok(v, (size_t)vl)) {
+            PyErr_Format(PyExc_ValueError, "invalid response header value %R for %R: control character",
+                         PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 0));
+            goto fail;
         }
         need += (size_t)(nl + vl);
     }
@@ -585,41 +573,15 @@ static int sr_set(StartResponse *self, PyObject *status, PyObject *headers)
     p += slen - 4;
     size_t k = 0;
     for (Py_ssize_t i = 0; i < nh; i++) {
-        Py_ssize_t nl = 0, vl = 0;   /* validated in the first pass */
+        Py_ssize_t nl = 0, svl = 0;   /* validated in the first pass */
         const char *n = latin1_view(PyTuple_GET_ITEM(items[i], 0), &nl, "header name");
-        const char *v = latin1_view(PyTuple_GET_ITEM(items[i], 1), &vl, "header value");
-        /* trim optional whitespace around values */
-        while (vl && (v[0] == ' ' || v[0] == '\t'))
-            v++, vl--;
-        while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
-            vl--;
-        if (ieq(n, (size_t)nl, "content-length")) {
-            int64_t cl = 0;
-            if (vl == 0 || vl > 18)
-                goto bad_cl;
-            for (Py_ssize_t j = 0; j < vl; j++) {
-                if (v[j] < '0' || v[j] > '9')
-                    goto bad_cl;
-                cl = cl * 10 + (v[j] - '0');
-            }
-            if (h->content_length >= 0 && h->content_length != cl)
-                goto bad_cl;
-            h->content_length = cl;
+        const char *v = latin1_view(PyTuple_GET_ITEM(items[i], 1), &svl, "header value");
+        size_t vl = (size_t)svl;
+        int kind = cs_resp_field(h, n, (size_t)nl, &v, &vl);
+        if (kind == CS_FIELD_BAD_LENGTH)
+            goto bad_cl;
+        if (kind == CS_FIELD_DROP)
             continue;
-        }
-        if (ieq(n, (size_t)nl, "connection")) {
-            for (Py_ssize_t j = 0; j + 5 <= vl; j++)
-                if (strncasecmp(v + j, "close", 5) == 0)
-                    h->app_close = 1;
-            continue;
-        }
-        /* hop-by-hop framing is ours to decide */
-        if (ieq(n, (size_t)nl, "transfer-encoding") || ieq(n, (size_t)nl, "keep-alive"))
-            continue;
-        if (ieq(n, (size_t)nl, "server"))
-            h->has_server = 1;
-        else if (ieq(n, (size_t)nl, "date"))
-            h->has_date = 1;
         memcpy(p, n, (size_t)nl);
         self->hdrs[k].name = p;
         self->hdrs[k].name_len = (size_t)nl;
@@ -1077,7 +1039,7 @@ static int try_sendfile(cs_req *r, StartResponse *sr, FileWrapper *fw)
         return 0;
     }
     sr->sent = 1;
-    if (r->ops->sendfile(r, &sr->head, dupfd, pos, len) < 0)
+    if (r->ops->sendfile(r, &sr->head, dupfd, pos, len, CS_SEND_FIN) < 0)
         sr->gone = 1;
     return 1;
 }
