@@ -51,7 +51,8 @@ struct cs_asgi {
     const char *loop_name;
     PyObject *create_future;    /* bound loop.create_future */
     PyObject *task_type;        /* asyncio.Task */
-    PyObject *task_kw;          /* ("loop", "context") */
+    PyObject *task_kw;          /* ("loop", "context", "name") */
+    PyObject *task_name;        /* one name for all: 3.11 formats "Task-N" per task otherwise */
     PyObject *enter_task, *leave_task;
     PyObject *keys[NKEYS];
     PyObject *methods[NMETHODS];
@@ -510,10 +511,16 @@ static PySendResult cycle_after(Cycle *cy, PySendResult st, PyObject **res)
         *res = NULL;
         return PYGEN_ERROR;
     }
-    if (cy->gone && exc && PyObject_IsInstance(exc, ClientDisconnected) > 0)
-        Py_DECREF(exc);        /* the client left: nothing to report */
-    else
+    if (cy->gone && exc) {
+        /* the client left, and the app learnt it from send() (directly or
+         * re-raised by its framework): one line, not a traceback */
+        if (PyObject_IsInstance(exc, ClientDisconnected) <= 0)
+            cs_log(CS_LOG_INFO, "ASGI app raised %s after its client disconnected", Py_TYPE(exc)->tp_name);
+        Py_DECREF(exc);
+        PyErr_Clear();
+    } else {
         log_exc(cy->a, CS_LOG_ERROR, exc, "Exception in ASGI application");
+    }
     Py_INCREF(cy);
     cycle_finish(cy);
     Py_DECREF(cy);
@@ -1366,7 +1373,7 @@ static void cs_asgi_handle(cs_req *r, void *data)
     }
     if (!(ctx = PyContext_CopyCurrent()))
         goto failed_exc;
-    PyObject *targs[3] = {(PyObject *)cy, a->loop, ctx};
+    PyObject *targs[4] = {(PyObject *)cy, a->loop, ctx, a->task_name};
     if (!(task = PyObject_Vectorcall(a->task_type, targs, 1, a->task_kw)))
         goto failed_exc;
     PyObject *res;
@@ -1862,14 +1869,15 @@ cs_asgi *cs_asgi_new(PyObject *app, const cs_config *cfg, char *err, size_t errl
     if (!r)
         goto fail;
     a->create_future = PyObject_GetAttrString(a->loop, "create_future");
-    a->task_kw = Py_BuildValue("(ss)", "loop", "context");
+    a->task_kw = Py_BuildValue("(sss)", "loop", "context", "name");
+    a->task_name = PyUnicode_InternFromString("corsac-asgi-request");
     a->asgi_info = Py_BuildValue("{s:s,s:s}", "version", "3.0", "spec_version", "2.4");
     a->root_path = PyUnicode_FromString(cfg->root_path);
     a->done_none = ready_value(Py_NewRef(Py_None));
     PyObject *cap = PyCapsule_New(a, "corsac.asgi", NULL);
     a->poll_cb = cap ? PyCFunction_New(&poll_def, cap) : NULL;
     Py_XDECREF(cap);
-    if (!a->create_future || !a->task_kw || !a->asgi_info || !a->root_path || !a->done_none || !a->poll_cb)
+    if (!a->create_future || !a->task_kw || !a->task_name || !a->asgi_info || !a->root_path || !a->done_none || !a->poll_cb)
         goto fail;
     Py_ssize_t rl;
     a->root = PyUnicode_AsUTF8AndSize(a->root_path, &rl);
@@ -1927,6 +1935,7 @@ void cs_asgi_free(cs_asgi *a)
     Py_XDECREF(a->create_future);
     Py_XDECREF(a->task_type);
     Py_XDECREF(a->task_kw);
+    Py_XDECREF(a->task_name);
     Py_XDECREF(a->enter_task);
     Py_XDECREF(a->leave_task);
     Py_XDECREF(a->template);
