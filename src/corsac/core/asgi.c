@@ -406,6 +406,7 @@ typedef struct {
     PyObject *first;            /* what the eager step yielded, for the Task */
     PyObject *recv_fut, *send_fut;
     PyObject *trailer_list;     /* trailers collected until more_trailers is false */
+    PyObject *task;             /* while suspended: to cancel it on --request-timeout */
     int resp;
     int trailers;               /* start asked for trailers */
     int body_done;              /* the last http.request event went out */
@@ -450,6 +451,7 @@ static void cycle_finish(Cycle *cy)
     cy->finished = 1;
     Py_CLEAR(cy->iter);
     Py_CLEAR(cy->first);
+    Py_CLEAR(cy->task);
     resolve(&cy->recv_fut, disconnect_msg(a), NULL);
     resolve(&cy->send_fut, NULL, NULL);
     PyErr_Clear();
@@ -628,6 +630,7 @@ static int cycle_traverse(Cycle *cy, visitproc visit, void *arg)
     Py_VISIT(cy->recv_fut);
     Py_VISIT(cy->send_fut);
     Py_VISIT(cy->trailer_list);
+    Py_VISIT(cy->task);
     return 0;
 }
 
@@ -638,6 +641,7 @@ static int cycle_clear(Cycle *cy)
     Py_CLEAR(cy->recv_fut);
     Py_CLEAR(cy->send_fut);
     Py_CLEAR(cy->trailer_list);
+    Py_CLEAR(cy->task);
     return 0;
 }
 
@@ -1378,11 +1382,11 @@ static void cs_asgi_handle(cs_req *r, void *data)
         goto failed_exc;
     PyObject *res;
     PySendResult st = cycle_after(cy, eager_step(a, cy, task, ctx, &res), &res);
-    Py_DECREF(task);
     Py_DECREF(ctx);
     if (st == PYGEN_NEXT) {
         cy->first = res;
         if (!cy->finished) {
+            cy->task = Py_NewRef(task);
             cy->suspended = 1;
             a->running++;
             r->suspended = 1;
@@ -1392,6 +1396,7 @@ static void cs_asgi_handle(cs_req *r, void *data)
     } else {
         PyErr_Clear();          /* cancelled before it began: finished already */
     }
+    Py_DECREF(task);
     return;
 failed_exc:
     log_exc(a, CS_LOG_ERROR, take_exception(), "ASGI: cannot start the app task");
@@ -1446,6 +1451,11 @@ static void cs_asgi_cancel(cs_req *r, void *data)
         cy->suspended = 0;
         a->running--;
     }
+    if (r->expired && cy->task) {
+        PyObject *res = PyObject_CallMethod(cy->task, "cancel", NULL);
+        Py_XDECREF(res);
+    }
+    Py_CLEAR(cy->task);
     resolve(&cy->recv_fut, disconnect_msg(a), NULL);
     if (cy->send_fut) {
         PyObject *exc = PyObject_CallFunction(ClientDisconnected, "s", "the client disconnected");

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #define RBUF_INITIAL (16 * 1024)
+#define BODY_BUF (64 * 1024)         /* async bodies stream through a buffer this big */
 #define OUT_HIGH (256 * 1024)        /* app context blocks above this much queued output */
 #define OUT_LOW (64 * 1024)
 #define LINGER_MS 2000
@@ -58,6 +59,7 @@ struct cs_conn {
     int async_app;                  /* an ASGI app task runs on past its handler call */
     int want_body;                  /* ... and waits for request body bytes */
     int app_finished;               /* ... and has finished: pick up on the next wake */
+    uint64_t app_since;             /* when the running request was dispatched */
     uint64_t deadline;
     const cs_listener *listener;
     char peer[INET6_ADDRSTRLEN];
@@ -615,8 +617,11 @@ static int h1_body(cs_req *r, const char **p, size_t *n, int *more)
             return 0;
         if (r->body_error)
             return -1;
-        /* everything buffered is consumed: reuse the buffer from the start */
+        /* everything buffered is consumed: reuse the buffer from the start,
+         * grown for a body that is still coming (bigger reads, fewer events) */
         c->rpos = c->rlen = c->bpos = c->bend = c->raw = 0;
+        if (c->rcap < BODY_BUF && (c->body_kind == CS_BODY_CHUNKED || c->body_left > c->rcap))
+            grow_rbuf(c, BODY_BUF);
         ssize_t got = read(c->io.fd, c->rbuf, c->rcap);
         if (got > 0) {
             c->rlen = (size_t)got;
@@ -739,7 +744,7 @@ static int h1_send(cs_req *r, const cs_resp_head *h, const struct iovec *iov, in
     int k = 0;
     if (c->broken || c->resp_done)
         return -1;
-    if (c->w->request_ms && h) {
+    if (c->w->request_ms && h && !c->w->async) {
         /* commit to sending a head unless the watchdog answered 504 first */
         cs_inflight *f = cs_worker_inflight(c->w);
         pthread_mutex_lock(&f->mu);
@@ -1008,10 +1013,11 @@ static void set_inflight(cs_inflight *f, cs_conn *c)
 static void run_handlers(cs_conn *c, int resume)
 {
     cs_worker *w = c->w;
-    cs_inflight *f = w->request_ms ? cs_worker_inflight(w) : NULL;
+    cs_inflight *f = w->request_ms && !w->async ? cs_worker_inflight(w) : NULL;
 again:
     do {
         c->cork = c->framed && c->rlen > c->raw;   /* another request is already here */
+        c->app_since = cs_now_ms();
         c->in_app = 1;
         if (f)
             set_inflight(f, c);
@@ -1400,7 +1406,20 @@ void cs_conn_sweep(cs_worker *w)
         if (c->in_pool)
             continue;
         if (c->state == S_APP) {
-            if (c->async_app && (c->want_body || c->out_head) && now >= c->deadline) {
+            if (c->async_app && w->request_ms && now - c->app_since > w->request_ms) {
+                /* an ASGI app awaiting past --request-timeout: answer for it
+                 * and cancel its task (the bridge does, seeing `expired`) */
+                int answered = 0;
+                if (!c->req.started) {
+                    char buf[512];
+                    size_t n = format_error(buf, 504);
+                    answered = write(c->io.fd, buf, n) == (ssize_t)n;
+                }
+                cs_log(CS_LOG_ERROR, "Request from %s:%d ran for %.1f s, over --request-timeout; %s", c->peer,
+                       c->peer_port, (now - c->app_since) / 1000.0, answered ? "answered 504" : "connection closed");
+                c->req.expired = 1;
+                conn_free(c);
+            } else if (c->async_app && (c->want_body || c->out_head) && now >= c->deadline) {
                 cs_log(CS_LOG_INFO, "conn: %s stalled %s; dropping the connection", c->peer,
                        c->want_body ? "sending its request body" : "reading the response");
                 conn_free(c);

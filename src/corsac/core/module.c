@@ -176,9 +176,6 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
     if (asgi) {
         if (cfg->threads > 1 && id == 0)
             cs_log(CS_LOG_WARNING, "--threads does not apply to ASGI apps: they run on the event loop");
-        if (w.request_ms && id == 0)
-            cs_log(CS_LOG_WARNING, "--request-timeout applies to WSGI apps only; ignored");
-        w.request_ms = 0;
         cs_asgi_attach(asgi, &w);
         if (slot)
             snprintf(slot->kind, sizeof(slot->kind), "asgi, %s event loop", cs_asgi_loop_name(asgi));

@@ -95,6 +95,7 @@ struct cs_req {
     unsigned blocked : 1;                      /* send returned 1: output above the high mark */
     unsigned te_trailers : 1;                  /* the client sent "TE: trailers" */
     unsigned is_unix : 1;                      /* over a unix socket: no peer address */
+    unsigned expired : 1;                      /* dropped for --request-timeout (async handlers) */
     void *bridge;                              /* handler state for this request */
 };
 

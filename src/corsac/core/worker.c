@@ -398,7 +398,7 @@ int cs_worker_run(cs_worker *w)
     w->unlock = gil_unlock;
     w->relock = gil_relock;
 
-    if (w->request_ms && start_watchdog(w) < 0)
+    if (w->request_ms && !w->async && start_watchdog(w) < 0)
         goto restore;
     PyThreadState *ts = NULL;
     if (pooled) {
