@@ -1894,6 +1894,12 @@ cs_asgi *cs_asgi_new(PyObject *app, const cs_config *cfg, char *err, size_t errl
     a->root_len = (size_t)rl;
     while (a->root_len && a->root[a->root_len - 1] == '/')
         a->root_len--;          /* "/mnt/" mounts like "/mnt" */
+    if (a->root_len != (size_t)rl) {
+        Py_SETREF(a->root_path, PyUnicode_FromStringAndSize(a->root, (Py_ssize_t)a->root_len));
+        if (!a->root_path)
+            goto fail;
+        a->root = PyUnicode_AsUTF8(a->root_path);
+    }
     PyObject *ext = Py_BuildValue("{s:{},s:{}}", "http.response.pathsend", "http.response.zerocopysend");
     a->ext_trailers = Py_BuildValue("{s:{},s:{},s:{}}", "http.response.pathsend", "http.response.zerocopysend",
                                     "http.response.trailers");

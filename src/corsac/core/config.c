@@ -246,7 +246,7 @@ static const cs_option *find_long(const char *name, size_t len)
 static void print_help(const char *prog)
 {
     printf("usage: %s [OPTIONS] APP\n\n"
-           "Serve a Python WSGI application with Corsac %s.\n\n"
+           "Serve a Python WSGI or ASGI application with Corsac %s.\n\n"
            "  APP                     module:attribute (attribute may be dotted); also CORSAC_APP\n"
            "  -h, --help              show this help and exit\n"
            "  --version               show the version and exit\n",

@@ -1172,8 +1172,11 @@ static void async_watch(cs_conn *c)
     uint32_t ev = EPOLLRDHUP;
     if (!c->framed && !c->req.body_error && c->rlen < c->rcap)
         ev |= EPOLLIN;
-    if (c->out_head)
+    if (c->out_head) {
         ev |= EPOLLOUT;
+        if (!(c->io.events & EPOLLOUT))     /* output starts waiting: its stall clock starts */
+            c->deadline = cs_now_ms() + c->w->body_ms;
+    }
     if (cs_loop_watch(c->w->loop, &c->io, ev) < 0)
         c->broken = 1;
 }

@@ -174,7 +174,7 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
     w.nlisteners = nlio;
     w.threads = (int)cfg->threads;
     if (asgi) {
-        if (cfg->threads > 1 && id == 0)
+        if (cfg->threads > 1 && id == 1)
             cs_log(CS_LOG_WARNING, "--threads does not apply to ASGI apps: they run on the event loop");
         cs_asgi_attach(asgi, &w);
         if (slot)
