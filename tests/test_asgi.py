@@ -462,12 +462,13 @@ def test_scope_client_port_is_the_clients(srv):
     assert ports[0] != ports[1]
 
 
-@pytest.mark.parametrize("te,expect_trailers", [(None, False), ("trailers", True),
-                                                ("deflate", False)])
-def test_scope_extensions(srv, te, expect_trailers):
+@pytest.mark.parametrize("te,version,expect_trailers", [
+    (None, "HTTP/1.1", False), ("trailers", "HTTP/1.1", True), ("deflate", "HTTP/1.1", False),
+    ("trailers", "HTTP/1.0", False)])
+def test_scope_extensions(srv, te, version, expect_trailers):
     s = srv("asgi_apps:scope_app")
     headers = [("TE", te)] if te else []
-    data = scope_of(s, "/ext", headers=headers)
+    data = scope_of(s, "/ext", headers=headers, version=version)
     ext = data["extensions"]
     assert "http.response.pathsend" in ext
     assert "http.response.zerocopysend" in ext
@@ -617,12 +618,13 @@ def _expected_stream(n, size):
     return b"".join(b"%d:" % i + b"x" * size + b";" for i in range(n))
 
 
-def test_streaming_response_is_chunked(srv):
+@pytest.mark.parametrize("n,size", [(7, 100), (2, 3_000_000)])
+def test_streaming_response_is_chunked(srv, n, size):
     s = srv("asgi_apps:stream")
-    r = request(s, "GET", "/?n=7&size=100")
+    r = request(s, "GET", f"/?n={n}&size={size}", timeout=10)
     assert r.status == 200 and r.complete, r
     assert r.chunked and r.header("content-length") is None, r.headers
-    assert r.body == _expected_stream(7, 100)
+    assert r.body == _expected_stream(n, size)
 
 
 def test_streaming_with_app_content_length_is_not_chunked(srv):
@@ -634,6 +636,15 @@ def test_streaming_with_app_content_length_is_not_chunked(srv):
     assert r.body == _expected_stream(7, 100)
 
 
+def test_single_body_message_gets_content_length(srv):
+    s = srv("asgi_apps:stream")
+    r = request(s, "GET", "/?n=4&size=10&single=1")
+    assert r.status == 200 and r.complete, r
+    assert r.header("transfer-encoding") is None
+    assert r.header("content-length") == str(len(_expected_stream(4, 10)))
+    assert r.body == _expected_stream(4, 10)
+
+
 def test_streaming_http10_is_close_delimited(srv):
     s = srv("asgi_apps:stream")
     with Conn(s) as c:
@@ -642,6 +653,24 @@ def test_streaming_http10_is_close_delimited(srv):
         assert r.header("transfer-encoding") is None
         assert r.body == _expected_stream(5, 10)
         assert c.closed_by_peer()
+
+
+def test_concurrent_requests_overlap(srv):
+    """30 clients at once, each on a response that sleeps 0.4 s in the app: they run
+    concurrently in the worker's loop, so all are done long before 30 x 0.4 s."""
+    s = srv("asgi_apps:slow_stream")
+    conns = [Conn(s, 10) for _ in range(30)]
+    try:
+        t0 = time.monotonic()
+        for c in conns:
+            c.send(build(s, "GET", "/?n=2&delay=0.4"))
+        bodies = [c.read_response().body for c in conns]
+        elapsed = time.monotonic() - t0
+    finally:
+        for c in conns:
+            c.close()
+    assert bodies == [b"tick0\ntick1\n"] * 30
+    assert elapsed < 4, elapsed
 
 
 def test_streaming_arrives_incrementally(srv):
@@ -703,6 +732,18 @@ def test_pipelining_streaming_responses_in_order(srv):
         got = [c.read_response() for _ in range(3)]
     assert [r.body for r in got] == [_expected_stream(3, 5), _expected_stream(20, 1000),
                                      _expected_stream(1, 1)]
+
+
+def test_pipelining_slow_first_request(srv):
+    """The first pipelined request sleeps in the app between chunks; the quick ones behind
+    it wait their turn and come back in order."""
+    s = srv("asgi_apps:slow_stream")
+    with Conn(s) as c:
+        c.send(build(s, "GET", "/?n=3&delay=0.2") + build(s, "GET", "/?n=1")
+               + build(s, "GET", "/?n=2&delay=0"))
+        got = [c.read_response() for _ in range(3)]
+    assert [r.body for r in got] == [b"tick0\ntick1\ntick2\n", b"tick0\n", b"tick0\ntick1\n"]
+    assert all(r.complete and r.status == 200 for r in got), got
 
 
 @pytest.mark.parametrize("size", [40, 200_000])
@@ -770,21 +811,47 @@ def test_raise_after_start_closes_connection(srv):
 
 def test_no_response_is_500(srv):
     s = srv("asgi_apps:no_response")
+    mark = len(s.log())
     with Conn(s) as c:
         c.send(build(s, "GET", "/nothing"))
         r = c.read_response()
     assert r.status == 500 and r.complete, r
+    assert wait_for(lambda: "ASGI app returned without starting a response"
+                    in _log_since(s, mark), 3), _log_since(s, mark)
+
+
+def test_return_after_start_only_is_500(srv):
+    """The start is held until the first body message: an app that returns after it has
+    had nothing sent, so the client gets a 500."""
+    s = srv("asgi_apps:unfinished")
+    with Conn(s) as c:
+        c.send(build(s, "GET", "/?stage=start"))
+        r = c.read_response()
+    assert r.status == 500 and r.complete, r
+
+
+def test_return_with_unfinished_body_closes(srv):
+    s = srv("asgi_apps:unfinished")
+    with Conn(s, 3) as c:
+        c.send(build(s, "GET", "/?stage=body"))
+        r = c.read_response()
+        assert r.status == 200 and r.chunked, r
+        assert not r.complete and r.body == b"partial;", r
+        assert c.closed_by_peer(1)
+    assert request(s, "GET", "/?stage=body").status == 200
 
 
 INVALID_CASES = ["unknown-type", "websocket-type", "type-not-str", "body-before-start",
                  "start-twice", "status-str", "status-float", "status-none", "status-99",
                  "status-600", "header-name-str", "header-value-str", "header-name-space",
-                 "header-value-crlf", "header-value-lf", "header-value-cr"]
+                 "header-value-crlf", "header-value-lf", "header-value-cr",
+                 "content-length-invalid", "body-str"]
 
 
 @pytest.mark.parametrize("case", INVALID_CASES)
 def test_invalid_message_raises_runtime_error(srv, case):
     s = srv("asgi_apps:invalid")
+    mark = len(s.log())
     with Conn(s) as c:
         c.send(build(s, "GET", f"/?case={case}", [("Connection", "close")]))
         r = c.read_response()
@@ -799,6 +866,8 @@ def test_invalid_message_raises_runtime_error(srv, case):
     assert r.body.startswith(b"RuntimeError: "), r
     if case == "start-twice":
         assert r.header("x-first") == "1" and r.header("x-second") is None, r.headers
+    assert wait_for(lambda: "ASGI app sent an invalid message" in _log_since(s, mark), 3), \
+        _log_since(s, mark)
 
 
 @pytest.mark.parametrize("case", ["body-before-start", "status-str", "header-value-crlf",
@@ -817,6 +886,9 @@ def test_invalid_message_propagated_is_500(srv, case):
 
 # --------------------------------------------------------------------------- disconnects
 
+SEND_FAILED = "send ClientDisconnected oserror=True corsac=True"
+
+
 def test_disconnect_while_app_waits_after_body(srv, paths):
     """The whole request arrived; the app waits on receive(); the client closes: the app
     gets http.disconnect, and a send after that raises an OSError."""
@@ -832,7 +904,7 @@ def test_disconnect_while_app_waits_after_body(srv, paths):
     assert wait_for(lambda: len(tagged(paths, tag)) >= 4, 5), tagged(paths, tag)
     lines = tagged(paths, tag)
     assert lines[2] == "after-body http.disconnect", lines
-    assert lines[3].startswith("send ") and lines[3].endswith("oserror=True"), lines
+    assert lines[3] == SEND_FAILED, lines
 
 
 @pytest.mark.parametrize("how", ["large", "expect-continue"])
@@ -846,7 +918,28 @@ def test_send_after_disconnect_mid_body_raises_oserror(srv, paths, how):
     assert wait_for(lambda: len(tagged(paths, tag)) >= 3, 5), tagged(paths, tag)
     lines = tagged(paths, tag)
     assert lines[1] == "during-body http.disconnect", lines
-    assert lines[2].startswith("send ") and lines[2].endswith("oserror=True"), lines
+    assert lines[2] == SEND_FAILED, lines
+
+
+@pytest.mark.parametrize("how", ["reset", "close", "half-close"])
+def test_send_after_disconnect_while_app_sleeps_raises_oserror(srv, paths, how):
+    """The app is busy elsewhere (asyncio.sleep, not receive) when the client goes away (a
+    reset, a close, or a half-close); its later sends raise corsac.ClientDisconnected."""
+    s = srv("asgi_apps:wait_disconnect")
+    tag = new_tag("sleeping")
+    c = Conn(s)
+    c.send(build(s, "POST", f"/w?tag={tag}&mode=sleep&sleep=0.5", body=b"abc"))
+    assert wait_for(lambda: len(tagged(paths, tag)) >= 2, 3), tagged(paths, tag)
+    if how == "reset":
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    elif how == "close":
+        c.close()
+    else:
+        c.sock.shutdown(socket.SHUT_WR)
+    assert wait_for(lambda: len(tagged(paths, tag)) >= 4, 5), tagged(paths, tag)
+    assert tagged(paths, tag) == ["entered", "body-complete 3", "slept", SEND_FAILED]
+    c.close()
 
 
 def test_disconnect_after_response_complete(srv, paths):
@@ -858,8 +951,9 @@ def test_disconnect_after_response_complete(srv, paths):
         c.send(build(s, "GET", f"/w?tag={tag}&mode=after-response"))
         r = c.read_response()
         assert r.status == 200 and r.body == b"complete"
-        assert wait_for(lambda: len(tagged(paths, tag)) >= 3, 3), tagged(paths, tag)
+        assert wait_for(lambda: len(tagged(paths, tag)) >= 4, 3), tagged(paths, tag)
         assert tagged(paths, tag) == ["entered", "body-complete 0",
+                                      "after-response http.disconnect",
                                       "after-response http.disconnect"]
         # and the connection is still usable
         c.send(build(s, "GET", f"/w?tag={tag}-2&mode=after-response"))
@@ -929,6 +1023,19 @@ def test_pathsend_exact_bytes(srv, paths, query):
         # the framing was right: the next response on the connection parses
         r2 = c.read_response()
         assert r2.status == 200 and r2.body == data
+
+
+@pytest.mark.parametrize("app", ["pathsend", "zerocopysend"])
+def test_file_send_http10(srv, paths, app):
+    s = srv(f"asgi_apps:{app}")
+    data = paths["file"].read_bytes()
+    with Conn(s, 10) as c:
+        c.send(build(s, "GET", "/f", version="HTTP/1.0"))
+        r = c.read_response()
+        assert r.status == 200 and r.complete, r
+        assert not r.chunked, "no chunked framing for an HTTP/1.0 client"
+        assert r.body == data
+        assert c.closed_by_peer()
 
 
 ZC_CASES = [
@@ -1034,7 +1141,8 @@ def test_lifespan_startup_failed_exits_1(fresh, workers):
     except Exception:
         pytest.fail("corsac kept running after lifespan.startup.failed:\n" + s.log()[-3000:])
     assert rc == 1, s.log()[-3000:]
-    assert "corsac-startup-failed-7391 (database unreachable)" in s.log(), s.log()[-3000:]
+    assert "Application startup failed: corsac-startup-failed-7391 (database unreachable)" \
+        in s.log(), s.log()[-3000:]
     assert "http request served" not in read_lines(s.record)
 
 
@@ -1170,6 +1278,7 @@ def test_app_runs_in_a_task(srv, loop):
     assert res["timeout_elapsed"] < 1.0, res
     assert res["child"] == "child-ok"
     assert ("uvloop" in res["loop_type"]) is (loop == "uvloop"), res["loop_type"]
+    assert f"Using worker: asgi, {loop} event loop" in s.log()
 
 
 def test_limit_max_requests_recycles_worker(fresh):
@@ -1260,6 +1369,14 @@ def _exchange(server, data, timeout=3.0):
         s.close()
 
 
+LIMITED = ("--limit-request-line", "200", "--limit-request-body", "1000")
+MALFORMED_LIMITS = [
+    ("limited-line-201", _req([b"Host: x"], first=b"GET /" + b"a" * (201 - 14) + b" HTTP/1.1"), 414),
+    ("limited-body-1001", _req([b"Host: x", b"Content-Length: 1001"], b"b" * 1001,
+                               first=b"POST / HTTP/1.1"), 413),
+]
+
+
 def _recorder_lines(paths):
     return [ln for ln in read_lines(paths["record"]) if ln.startswith(("called ", "complete "))]
 
@@ -1288,6 +1405,18 @@ def test_malformed_body_rejected_app_gets_no_body(srv, paths, data, expected):
     s = srv("asgi_apps:recorder")
     new = _check_rejected(s, paths, data, expected)
     assert not [ln for ln in new if ln.startswith("complete ")], new
+
+
+@pytest.mark.parametrize("data,expected",
+                         [pytest.param(d, e, id=i) for i, d, e in MALFORMED_LIMITS])
+def test_limits_rejected_app_never_called(srv, paths, data, expected):
+    s = srv("asgi_apps:recorder", *LIMITED)
+    new = _check_rejected(s, paths, data, expected)
+    assert new == [], f"the application was called: {new}"
+    # exactly at the limits is fine
+    resp, _ = _exchange(s, _req([b"Host: x", b"Connection: close", b"Content-Length: 1000"],
+                                b"b" * 1000, first=b"POST /" + b"a" * (200 - 15) + b" HTTP/1.1"))
+    assert status_of(resp) == 200, resp[:300]
 
 
 def test_malformed_sanity_valid_request_is_recorded(srv, paths):

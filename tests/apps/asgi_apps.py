@@ -183,7 +183,8 @@ async def body_app(scope, receive, send):
 
 @_http
 async def stream(scope, receive, send):
-    """n chunks ``<i>:xxx..;`` of size+3ish bytes, each its own send; ?cl=1 gives a length."""
+    """n chunks ``<i>:xxx..;`` of size+3ish bytes, each its own send; ?cl=1 gives a length;
+    ?single=1 sends them all in one final body message instead."""
     await _read_body(receive)
     q = _qs(scope)
     n, size = int(q.get("n", 5)), int(q.get("size", 10))
@@ -192,6 +193,9 @@ async def stream(scope, receive, send):
     if q.get("cl"):
         headers.append((b"content-length", str(sum(map(len, chunks))).encode()))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
+    if q.get("single"):
+        await send({"type": "http.response.body", "body": b"".join(chunks)})
+        return
     for c in chunks:
         await send({"type": "http.response.body", "body": c, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -240,10 +244,12 @@ async def flood(scope, receive, send):
 @_http
 async def wait_disconnect(scope, receive, send):
     """Reads the body, then (mode=wait, the default) awaits receive() once more; with
-    mode=after-response it sends a complete response first and then awaits receive().
+    mode=after-response it sends a complete response first and then awaits receive(); with
+    mode=sleep it sleeps ?sleep seconds (not touching receive) and then sends.
     Records ``<tag> entered``, then ``<tag> body-complete <n>``, ``<tag> during-body <type>``,
     ``<tag> after-body <type>`` / ``<tag> after-response <type>``, and after a
-    disconnect ``<tag> send ok`` or ``<tag> send <Exception> oserror=<bool>``."""
+    disconnect ``<tag> send ok`` or ``<tag> send <Exception> oserror=<bool> corsac=<bool>``
+    (corsac: whether it is a corsac.ClientDisconnected)."""
     q = _qs(scope)
     tag = q.get("tag", "wd")
     mode = q.get("mode", "wait")
@@ -253,19 +259,24 @@ async def wait_disconnect(scope, receive, send):
         _record(f"{tag} during-body {last}")
     else:
         _record(f"{tag} body-complete {len(body)}")
-        if mode == "after-response":
+        if mode == "sleep":
+            await asyncio.sleep(float(q.get("sleep", 0.5)))
+            _record(f"{tag} slept")
+        elif mode == "after-response":
             await _respond(send, b"complete")
+            for _ in range(2):      # the second one must come at once
+                try:
+                    msg = await asyncio.wait_for(receive(), 10)
+                    _record(f"{tag} after-response {msg['type']}")
+                except asyncio.TimeoutError:
+                    _record(f"{tag} after-response timeout")
+            return
+        else:
             try:
                 msg = await asyncio.wait_for(receive(), 10)
-                _record(f"{tag} after-response {msg['type']}")
+                _record(f"{tag} after-body {msg['type']}")
             except asyncio.TimeoutError:
-                _record(f"{tag} after-response timeout")
-            return
-        try:
-            msg = await asyncio.wait_for(receive(), 10)
-            _record(f"{tag} after-body {msg['type']}")
-        except asyncio.TimeoutError:
-            _record(f"{tag} after-body timeout")
+                _record(f"{tag} after-body timeout")
     # the client is gone: sending must fail with an OSError
     try:
         await send({"type": "http.response.start", "status": 200,
@@ -276,7 +287,9 @@ async def wait_disconnect(scope, receive, send):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         _record(f"{tag} send ok")
     except Exception as e:
-        _record(f"{tag} send {type(e).__name__} oserror={isinstance(e, OSError)}")
+        import corsac     # only to check the class; the app runs under corsac
+        _record(f"{tag} send {type(e).__name__} oserror={isinstance(e, OSError)} "
+                f"corsac={isinstance(e, getattr(corsac, 'ClientDisconnected', ()))}")
 
 
 # --------------------------------------------------------------------------- errors
@@ -301,6 +314,17 @@ async def raise_after(scope, receive, send):
 async def no_response(scope, receive, send):
     await _read_body(receive)
     return None
+
+
+@_http
+async def unfinished(scope, receive, send):
+    """Returns with the response unfinished: ?stage=start (only the start, nothing has left)
+    or ?stage=body (the start and one body message with more_body=True)."""
+    await _read_body(receive)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    if _qs(scope).get("stage") == "body":
+        await send({"type": "http.response.body", "body": b"partial;", "more_body": True})
 
 
 def _start(status=200, headers=None):
@@ -329,6 +353,8 @@ INVALID = {
     "header-value-crlf": [_start(200, [(b"x-a", b"1\r\nInjected: yes")])],
     "header-value-lf": [_start(200, [(b"x-a", b"1\nInjected: yes")])],
     "header-value-cr": [_start(200, [(b"x-a", b"1\rInjected: yes")])],
+    "content-length-invalid": [_start(200, [(b"content-length", b"abc")])],
+    "body-str": [_start(), {"type": "http.response.body", "body": "text", "more_body": False}],
 }
 
 
