@@ -14,6 +14,7 @@
  * Future when the body has not arrived or the client reads slowly. */
 #include "asgi.h"
 #include "log.h"
+#include "pyerr.h"
 #include "resp.h"
 
 #include <errno.h>
@@ -61,7 +62,6 @@ struct cs_asgi {
     PyObject *asgi_info;
     PyObject *state;            /* lifespan state, NULL when lifespan did not run */
     PyObject *done_none;        /* a Ready that returns None */
-    PyObject *format_exception;
     PyObject *cancelled_error;  /* asyncio.CancelledError */
     PyObject *poll_cb;          /* the loop's reader callback */
     PyObject *root_path;        /* str */
@@ -91,52 +91,6 @@ struct cs_asgi {
 static PyObject *ClientDisconnected;
 
 /* ---- small helpers -------------------------------------------------------- */
-
-static PyObject *take_exception(void)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
-    if (!t)
-        return NULL;
-    PyErr_NormalizeException(&t, &v, &tb);
-    if (tb && v)
-        PyException_SetTraceback(v, tb);
-    Py_XDECREF(t);
-    Py_XDECREF(tb);
-    return v;
-#endif
-}
-
-/* Log exc (a reference is stolen) under `what`, its traceback after the line. */
-static void log_exc(cs_asgi *a, int level, PyObject *exc, const char *what)
-{
-    if (!exc) {
-        cs_log(level, "%s", what);
-        return;
-    }
-    PyObject *msg = PyObject_Str(exc);
-    const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
-    cs_log(level, "%s: %s: %.500s", what, Py_TYPE(exc)->tp_name, m ? m : "?");
-    Py_XDECREF(msg);
-    PyErr_Clear();
-    PyObject *lines = cs_log_enabled(level) ? PyObject_CallOneArg(a->format_exception, exc) : NULL;
-    if (lines) {
-        PyObject *sep = PyUnicode_FromString("");
-        PyObject *text = sep ? PyUnicode_Join(sep, lines) : NULL;
-        Py_ssize_t n;
-        const char *s = text ? PyUnicode_AsUTF8AndSize(text, &n) : NULL;
-        if (s)
-            cs_log_raw(s, (size_t)n);
-        Py_XDECREF(text);
-        Py_XDECREF(sep);
-        Py_DECREF(lines);
-    }
-    PyErr_Clear();
-    Py_DECREF(exc);
-}
 
 /* Is the str `t` equal to the ASCII literal? */
 static int type_is(PyObject *t, const char *lit, size_t n)
@@ -502,7 +456,7 @@ static PySendResult cycle_after(Cycle *cy, PySendResult st, PyObject **res)
         *res = Py_NewRef(Py_None);
         return PYGEN_RETURN;
     }
-    PyObject *exc = take_exception();
+    PyObject *exc = cs_take_exception();
     int cancelled = exc && PyObject_IsInstance(exc, cy->a->cancelled_error) > 0;
     if (cancelled) {
         Py_INCREF(cy);
@@ -521,7 +475,7 @@ static PySendResult cycle_after(Cycle *cy, PySendResult st, PyObject **res)
         Py_DECREF(exc);
         PyErr_Clear();
     } else {
-        log_exc(cy->a, CS_LOG_ERROR, exc, "Exception in ASGI application");
+        cs_log_exception(CS_LOG_ERROR, exc, "Exception in ASGI application");
     }
     Py_INCREF(cy);
     cycle_finish(cy);
@@ -1314,7 +1268,7 @@ static PySendResult eager_step(cs_asgi *a, Cycle *cy, PyObject *task, PyObject *
     }
     Py_DECREF(r);
     PySendResult st = PyIter_Send(cy->iter, Py_None, res);
-    PyObject *saved = st == PYGEN_ERROR ? take_exception() : NULL;
+    PyObject *saved = st == PYGEN_ERROR ? cs_take_exception() : NULL;
     r = PyObject_Vectorcall(a->leave_task, args, 2, NULL);
     if (!r)
         PyErr_WriteUnraisable(task);
@@ -1336,7 +1290,7 @@ static void cs_asgi_handle(cs_req *r, void *data)
     }
     Cycle *cy = PyObject_GC_New(Cycle, &CycleType);
     if (!cy) {
-        log_exc(a, CS_LOG_ERROR, take_exception(), "ASGI: cannot start a request");
+        cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "ASGI: cannot start a request");
         send_plain(r, 500, "Internal Server Error", 0);
         return;
     }
@@ -1348,7 +1302,7 @@ static void cs_asgi_handle(cs_req *r, void *data)
 
     PyObject *scope = build_scope(a, r), *recv = NULL, *send = NULL, *aw = NULL, *ctx = NULL, *task = NULL;
     if (!scope || !(recv = chan_new((PyObject *)cy, receive_call)) || !(send = chan_new((PyObject *)cy, send_call))) {
-        log_exc(a, CS_LOG_ERROR, take_exception(), "ASGI: cannot build the scope");
+        cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "ASGI: cannot build the scope");
         goto failed;
     }
     PyObject *args[3] = {scope, recv, send};
@@ -1357,7 +1311,7 @@ static void cs_asgi_handle(cs_req *r, void *data)
     Py_CLEAR(recv);
     Py_CLEAR(send);
     if (!aw) {
-        log_exc(a, CS_LOG_ERROR, take_exception(), "Exception in ASGI application");
+        cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "Exception in ASGI application");
         goto failed;
     }
     if (PyCoro_CheckExact(aw)) {
@@ -1367,7 +1321,7 @@ static void cs_asgi_handle(cs_req *r, void *data)
         cy->iter = Py_TYPE(aw)->tp_as_async->am_await(aw);
         Py_CLEAR(aw);
         if (!cy->iter) {
-            log_exc(a, CS_LOG_ERROR, take_exception(), "Exception in ASGI application");
+            cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "Exception in ASGI application");
             goto failed;
         }
     } else {
@@ -1399,7 +1353,7 @@ static void cs_asgi_handle(cs_req *r, void *data)
     Py_DECREF(task);
     return;
 failed_exc:
-    log_exc(a, CS_LOG_ERROR, take_exception(), "ASGI: cannot start the app task");
+    cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "ASGI: cannot start the app task");
     Py_XDECREF(ctx);
 failed:
     Py_XDECREF(scope);
@@ -1425,7 +1379,7 @@ static void cs_asgi_resume(cs_req *r, void *data)
             if (m)
                 resolve(&cy->recv_fut, m, NULL);
             else if (!again) {
-                PyObject *exc = take_exception();
+                PyObject *exc = cs_take_exception();
                 resolve(&cy->recv_fut, NULL, exc);
                 Py_XDECREF(exc);
             }
@@ -1479,7 +1433,7 @@ static PyObject *poll_cb(PyObject *self, PyObject *unused)
         Py_XDECREF(r);
     }
     if (PyErr_Occurred())
-        log_exc(a, CS_LOG_ERROR, take_exception(), "ASGI: error in the I/O callback");
+        cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "ASGI: error in the I/O callback");
     Py_RETURN_NONE;
 }
 
@@ -1496,7 +1450,7 @@ static int drive(cs_worker *w)
     }
     int rc = r ? 0 : -1;
     if (!r)
-        log_exc(a, CS_LOG_ERROR, take_exception(), "ASGI: the event loop failed");
+        cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "ASGI: the event loop failed");
     Py_XDECREF(r);
     r = fd ? PyObject_CallMethod(a->loop, "remove_reader", "O", fd) : NULL;
     Py_XDECREF(r);
@@ -1714,7 +1668,7 @@ int cs_asgi_startup(cs_asgi *a)
         }
         exc = ls_task_exception(l);
     } else {
-        exc = take_exception();
+        exc = cs_take_exception();
     }
     if (l->startup > 0) {
         a->state = state;
@@ -1730,18 +1684,18 @@ int cs_asgi_startup(cs_asgi *a)
         return -1;
     }
     if (a->lifespan_mode == CS_LIFESPAN_ON) {
-        log_exc(a, CS_LOG_ERROR, exc, "Exception in the lifespan protocol (--lifespan on)");
+        cs_log_exception(CS_LOG_ERROR, exc, "Exception in the lifespan protocol (--lifespan on)");
         if (!exc)
             cs_log(CS_LOG_ERROR, "The app ended its lifespan without completing startup (--lifespan on)");
         return -1;
     }
     if (exc)
-        log_exc(a, CS_LOG_DEBUG, exc, "The app raised on the lifespan scope");
+        cs_log_exception(CS_LOG_DEBUG, exc, "The app raised on the lifespan scope");
     cs_log(CS_LOG_INFO, "ASGI 'lifespan' protocol appears unsupported; serving without it");
     Py_CLEAR(a->ls);
     return 0;
 error:
-    log_exc(a, CS_LOG_ERROR, take_exception(), "Lifespan startup failed");
+    cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "Lifespan startup failed");
     return -1;
 }
 
@@ -1779,11 +1733,11 @@ void cs_asgi_shutdown(cs_asgi *a)
         if (l->recv_fut && l->sent == 1)
             resolve(&l->recv_fut, ls_event(l, V_SHUTDOWN), NULL);
         if (!future_done(l->task) && ls_wait(l, a->graceful) < 0) {
-            PyObject *exc = take_exception();
+            PyObject *exc = cs_take_exception();
             if (exc && PyErr_GivenExceptionMatches(exc, PyExc_TimeoutError))
                 cs_log(CS_LOG_WARNING, "Lifespan shutdown did not finish within %.0f s", a->graceful);
             else
-                log_exc(a, CS_LOG_ERROR, Py_XNewRef(exc), "Lifespan shutdown failed");
+                cs_log_exception(CS_LOG_ERROR, Py_XNewRef(exc), "Lifespan shutdown failed");
             Py_XDECREF(exc);
         } else if (l->shutdown < 0) {
             const char *m = l->message ? PyUnicode_AsUTF8(l->message) : NULL;
@@ -1793,7 +1747,7 @@ void cs_asgi_shutdown(cs_asgi *a)
         } else {
             PyObject *exc = ls_task_exception(l);
             if (exc)
-                log_exc(a, CS_LOG_ERROR, exc, "Exception in the lifespan protocol during shutdown");
+                cs_log_exception(CS_LOG_ERROR, exc, "Exception in the lifespan protocol during shutdown");
         }
     }
     PyErr_Clear();
@@ -1850,11 +1804,9 @@ cs_asgi *cs_asgi_new(PyObject *app, const cs_config *cfg, char *err, size_t errl
         goto fail;
     PyObject *asyncio = PyImport_ImportModule("asyncio");
     PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
-    PyObject *tb = PyImport_ImportModule("traceback");
-    if (!asyncio || !tasks || !tb) {
+    if (!asyncio || !tasks) {
         Py_XDECREF(asyncio);
         Py_XDECREF(tasks);
-        Py_XDECREF(tb);
         goto fail;
     }
     PyObject *r = PyObject_CallMethod(asyncio, "set_event_loop", "O", a->loop);
@@ -1863,11 +1815,9 @@ cs_asgi *cs_asgi_new(PyObject *app, const cs_config *cfg, char *err, size_t errl
     a->cancelled_error = PyObject_GetAttrString(asyncio, "CancelledError");
     a->enter_task = PyObject_GetAttrString(tasks, "_enter_task");
     a->leave_task = PyObject_GetAttrString(tasks, "_leave_task");
-    a->format_exception = PyObject_GetAttrString(tb, "format_exception");
     Py_DECREF(asyncio);
     Py_DECREF(tasks);
-    Py_DECREF(tb);
-    if (!r || !a->task_type || !a->cancelled_error || !a->enter_task || !a->leave_task || !a->format_exception)
+    if (!r || !a->task_type || !a->cancelled_error || !a->enter_task || !a->leave_task)
         goto fail;
     /* asyncio.Task accepts the Cycle as a coroutine once the ABC knows it */
     PyObject *abc = PyImport_ImportModule("collections.abc");
@@ -1917,7 +1867,7 @@ cs_asgi *cs_asgi_new(PyObject *app, const cs_config *cfg, char *err, size_t errl
     return a;
 fail:
     if (!err[0]) {
-        PyObject *exc = take_exception();
+        PyObject *exc = cs_take_exception();
         PyObject *msg = exc ? PyObject_Str(exc) : NULL;
         snprintf(err, errlen, "cannot set up the ASGI worker: %s", msg ? PyUnicode_AsUTF8(msg) : "?");
         Py_XDECREF(msg);
@@ -1959,7 +1909,6 @@ void cs_asgi_free(cs_asgi *a)
     Py_XDECREF(a->asgi_info);
     Py_XDECREF(a->state);
     Py_XDECREF(a->done_none);
-    Py_XDECREF(a->format_exception);
     Py_XDECREF(a->cancelled_error);
     Py_XDECREF(a->poll_cb);
     Py_XDECREF(a->root_path);

@@ -6,6 +6,7 @@
  * or tuple body goes out in one writev with a Content-Length we compute. */
 #include "wsgi.h"
 #include "log.h"
+#include "pyerr.h"
 #include "resp.h"
 
 #include <errno.h>
@@ -56,7 +57,6 @@ struct cs_wsgi {
     const char *root;               /* UTF-8 of root_path */
     size_t root_len;
     PyObject *errors;               /* sys.stderr */
-    PyObject *format_exception;     /* traceback.format_exception */
     PyObject *empty_input;          /* shared wsgi.input for requests without a body */
     int multithread;
     int multiprocess;
@@ -71,29 +71,10 @@ struct cs_wsgi {
 
 static PyObject *latin1(const char *s, size_t n) { return PyUnicode_DecodeLatin1(s, (Py_ssize_t)n, NULL); }
 
-/* Fetch the current exception as one normalized object (NULL if none). */
-static PyObject *take_exception(void)
-{
-#if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
-#else
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
-    if (!t)
-        return NULL;
-    PyErr_NormalizeException(&t, &v, &tb);
-    if (tb && v)
-        PyException_SetTraceback(v, tb);
-    Py_XDECREF(t);
-    Py_XDECREF(tb);
-    return v;
-#endif
-}
-
 /* Log the current exception with its traceback, under `what`. */
 static void log_exception(cs_wsgi *w, const char *what, PyObject *environ)
 {
-    PyObject *exc = take_exception();
+    PyObject *exc = cs_take_exception();
     const char *method = "?", *uri = "?";
     if (environ) {
         PyObject *m = PyDict_GetItemWithError(environ, w->keys[K_REQUEST_METHOD]);
@@ -104,31 +85,9 @@ static void log_exception(cs_wsgi *w, const char *what, PyObject *environ)
             uri = PyUnicode_AsUTF8(u);
         PyErr_Clear();
     }
-    if (!exc) {
-        cs_log(CS_LOG_ERROR, "%s %s %s", what, method ? method : "?", uri ? uri : "?");
-        return;
-    }
-    /* the reason on the ERROR line itself, the traceback after it */
-    PyObject *msg = PyObject_Str(exc);
-    const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
-    cs_log(CS_LOG_ERROR, "%s %s %s: %s: %.500s", what, method ? method : "?", uri ? uri : "?",
-           Py_TYPE(exc)->tp_name, m ? m : "?");
-    Py_XDECREF(msg);
-    PyErr_Clear();
-    PyObject *lines = cs_log_enabled(CS_LOG_ERROR) ? PyObject_CallOneArg(w->format_exception, exc) : NULL;
-    if (lines) {
-        PyObject *sep = PyUnicode_FromString("");
-        PyObject *text = sep ? PyUnicode_Join(sep, lines) : NULL;
-        Py_ssize_t n;
-        const char *s = text ? PyUnicode_AsUTF8AndSize(text, &n) : NULL;
-        if (s)
-            cs_log_raw(s, (size_t)n);
-        Py_XDECREF(text);
-        Py_XDECREF(sep);
-        Py_DECREF(lines);
-    }
-    PyErr_Clear();
-    Py_DECREF(exc);
+    char line[1200];
+    snprintf(line, sizeof(line), "%s %s %s", what, method ? method : "?", uri ? uri : "?");
+    cs_log_exception(CS_LOG_ERROR, exc, line);
 }
 
 /* ---- wsgi.input ----------------------------------------------------------- */
@@ -1257,13 +1216,6 @@ cs_wsgi *cs_wsgi_new(PyObject *app, const cs_config *cfg, int multiprocess)
         goto fail;
     }
     Py_INCREF(w->errors);
-    PyObject *tb = PyImport_ImportModule("traceback");
-    if (!tb)
-        goto fail;
-    w->format_exception = PyObject_GetAttrString(tb, "format_exception");
-    Py_DECREF(tb);
-    if (!w->format_exception)
-        goto fail;
     Input *empty = PyObject_New(Input, &InputType);
     if (!empty)
         goto fail;
@@ -1295,7 +1247,6 @@ void cs_wsgi_free(cs_wsgi *w)
     Py_XDECREF(w->http);
     Py_XDECREF(w->root_path);
     Py_XDECREF(w->errors);
-    Py_XDECREF(w->format_exception);
     Py_XDECREF(w->empty_input);
     for (int i = 0; i < w->ntemplates; i++)
         Py_XDECREF(w->templates[i].dict);
