@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: compilers for the core, clang + its runtime for the
-# sanitizer and libFuzzer runs, curl for the client tests.
-APT_PKGS=(gcc clang libclang-rt-14-dev curl make)
+# sanitizer and libFuzzer runs, zlib and OpenSSL headers (WebSocket
+# compression and handshake), curl for the client tests.
+APT_PKGS=(gcc clang libclang-rt-14-dev pkg-config zlib1g-dev libssl-dev curl make)
 [ "${1:-}" = "--bench" ] && APT_PKGS+=(wrk nginx-light)
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -38,7 +39,7 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check \
     "meson-python>=0.15" "meson>=1.1" ninja \
     pytest pytest-timeout httpx requests flask django h2 \
-    uvloop starlette fastapi python-multipart quart
+    uvloop starlette fastapi python-multipart quart websockets kosoku
 if [ "${1:-}" = "--bench" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check gunicorn granian \
         "uvicorn[standard]" hypercorn
