@@ -16,6 +16,7 @@
 #include "log.h"
 #include "pyerr.h"
 #include "resp.h"
+#include "ws.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,13 +31,17 @@ enum {
     K_TYPE, K_ASGI, K_HTTP_VERSION, K_METHOD, K_SCHEME, K_PATH, K_RAW_PATH, K_QUERY_STRING, K_ROOT_PATH,
     K_HEADERS, K_CLIENT, K_SERVER, K_EXTENSIONS, K_STATE, K_BODY, K_MORE_BODY, K_STATUS, K_TRAILERS,
     K_MESSAGE, K_FILE, K_OFFSET, K_COUNT, K_MORE_TRAILERS, K_VERSION, K_SPEC_VERSION,
-    V_HTTP, V_HTTP_REQUEST, V_HTTP_DISCONNECT, V_11, V_10, V_LIFESPAN, V_STARTUP, V_SHUTDOWN, NKEYS
+    K_TEXT, K_BYTES, K_CODE, K_REASON, K_SUBPROTOCOLS, K_SUBPROTOCOL,
+    V_HTTP, V_HTTP_REQUEST, V_HTTP_DISCONNECT, V_11, V_10, V_LIFESPAN, V_STARTUP, V_SHUTDOWN,
+    V_WEBSOCKET, V_WS, V_WSS, V_WS_CONNECT, V_WS_RECEIVE, V_WS_DISCONNECT, NKEYS
 };
 static const char *const key_names[NKEYS] = {
     "type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path",
     "headers", "client", "server", "extensions", "state", "body", "more_body", "status", "trailers",
     "message", "file", "offset", "count", "more_trailers", "version", "spec_version",
-    "http", "http.request", "http.disconnect", "1.1", "1.0", "lifespan", "lifespan.startup", "lifespan.shutdown"};
+    "text", "bytes", "code", "reason", "subprotocols", "subprotocol",
+    "http", "http.request", "http.disconnect", "1.1", "1.0", "lifespan", "lifespan.startup", "lifespan.shutdown",
+    "websocket", "ws", "wss", "websocket.connect", "websocket.receive", "websocket.disconnect"};
 
 static const char *const methods[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", NULL};
 #define NMETHODS 7
@@ -59,6 +64,8 @@ struct cs_asgi {
     PyObject *methods[NMETHODS];
     PyObject *template;         /* constant part of every scope */
     PyObject *ext_trailers;     /* extensions dict with http.response.trailers */
+    PyObject *ext_ws;           /* extensions dict of WebSocket scopes */
+    int ws;                     /* --ws */
     PyObject *asgi_info;
     PyObject *state;            /* lifespan state, NULL when lifespan did not run */
     PyObject *done_none;        /* a Ready that returns None */
@@ -351,6 +358,12 @@ static PyTypeObject ChanType = {
 /* ---- Cycle: one HTTP request ---------------------------------------------- */
 
 enum { RESP_NONE, RESP_STARTED, RESP_BODY, RESP_TRAILERS, RESP_DONE };
+/* A WebSocket before and after its handshake: connect not yet received,
+ * received (accept, close or a denial response may follow), accepted,
+ * closed by the app, refused with an HTTP response. */
+enum { WS_CONNECTING, WS_HANDSHAKE, WS_OPEN, WS_CLOSED, WS_REFUSED };
+#define WS_QUEUE_HIGH 16            /* messages held for the app before the connection stops reading */
+#define WS_QUEUE_LOW 4
 
 typedef struct {
     PyObject_HEAD
@@ -368,6 +381,14 @@ typedef struct {
     int gone;                   /* the client disconnected */
     int finished;
     int suspended;              /* outlived its handler call (counted in running) */
+    int failed;                 /* the app raised */
+    int ws;                     /* a WebSocket session rather than an HTTP request */
+    int ws_state;               /* WS_* */
+    int ws_paused;              /* asked the connection to stop reading */
+    int ws_code;                /* close code, once the session is over */
+    PyObject *ws_reason;        /* ... and reason (str) */
+    PyObject *ws_queue;         /* messages the app has not received yet */
+    Py_ssize_t ws_head;         /* the next one in ws_queue */
     cs_resp_head head;
     char *store;                /* the head's bytes */
     cs_header *hdrs;
@@ -411,6 +432,11 @@ static void cycle_finish(Cycle *cy)
     PyErr_Clear();
     if (!r)
         return;
+    if (cy->ws && cy->ws_state == WS_OPEN) {
+        /* returned (or raised) with the WebSocket open: close it for the app */
+        cy->ws_state = WS_CLOSED;
+        r->ops->ws_close(r, cy->failed ? 1011 : 1000, "", 0);
+    }
     if (cy->resp != RESP_DONE) {
         if (!r->started) {
             if (cy->body_error && cy->body_error != CS_BODY_GONE)
@@ -447,7 +473,8 @@ static PySendResult cycle_after(Cycle *cy, PySendResult st, PyObject **res)
             cs_log(CS_LOG_WARNING, "ASGI app returned a value (%s); ignored", Py_TYPE(*res)->tp_name);
         Py_DECREF(*res);
         if (cy->req && cy->resp == RESP_NONE && !cy->gone)
-            cs_log(CS_LOG_ERROR, "ASGI app returned without starting a response");
+            cs_log(CS_LOG_ERROR, cy->ws ? "ASGI app returned without accepting or refusing the WebSocket"
+                                        : "ASGI app returned without starting a response");
         else if (cy->req && cy->resp != RESP_DONE && !cy->gone)
             cs_log(CS_LOG_ERROR, "ASGI app returned without completing the response");
         Py_INCREF(cy);
@@ -458,6 +485,7 @@ static PySendResult cycle_after(Cycle *cy, PySendResult st, PyObject **res)
     }
     PyObject *exc = cs_take_exception();
     int cancelled = exc && PyObject_IsInstance(exc, cy->a->cancelled_error) > 0;
+    cy->failed = 1;
     if (cancelled) {
         Py_INCREF(cy);
         cycle_finish(cy);
@@ -579,6 +607,8 @@ static PyObject *cycle_close(PyObject *op, PyObject *unused)
 
 static int cycle_traverse(Cycle *cy, visitproc visit, void *arg)
 {
+    Py_VISIT(cy->ws_reason);
+    Py_VISIT(cy->ws_queue);
     Py_VISIT(cy->iter);
     Py_VISIT(cy->first);
     Py_VISIT(cy->recv_fut);
@@ -590,6 +620,8 @@ static int cycle_traverse(Cycle *cy, visitproc visit, void *arg)
 
 static int cycle_clear(Cycle *cy)
 {
+    Py_CLEAR(cy->ws_reason);
+    Py_CLEAR(cy->ws_queue);
     Py_CLEAR(cy->iter);
     Py_CLEAR(cy->first);
     Py_CLEAR(cy->recv_fut);
@@ -646,10 +678,14 @@ static PyTypeObject CycleType = {
 
 /* The next event if there is one now; NULL with *again set when the app must
  * wait, NULL with an error set on failure. */
+static PyObject *ws_try_receive(Cycle *cy, int *again);
+
 static PyObject *try_receive(Cycle *cy, int *again)
 {
     cs_asgi *a = cy->a;
     cs_req *r = cy->req;
+    if (cy->ws)
+        return ws_try_receive(cy, again);
     *again = 0;
     if (cy->gone || !r)
         return disconnect_msg(a);
@@ -1076,6 +1112,8 @@ static PyObject *on_trailers(Cycle *cy, PyObject *msg)
     return sent(cy, rc);
 }
 
+static PyObject *ws_send_message(Cycle *cy, PyObject *t, PyObject *msg);
+
 static PyObject *send_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kw)
 {
     Cycle *cy = (Cycle *)((Chan *)self)->owner;
@@ -1097,6 +1135,8 @@ static PyObject *send_call(PyObject *self, PyObject *const *args, size_t nargsf,
         res = PyErr_Occurred() ? NULL : bad_message("an ASGI message needs a str \"type\", got %R", msg);
     else if (cy->finished && !cy->gone)
         res = bad_message("unexpected %R: the app has already finished this request", t);
+    else if (cy->ws)
+        res = ws_send_message(cy, t, msg);
     else if (TYPE_IS(t, "http.response.body"))
         res = on_body(cy, msg);
     else if (TYPE_IS(t, "http.response.start"))
@@ -1253,6 +1293,297 @@ fail:
     return NULL;
 }
 
+/* ---- WebSocket sessions ------------------------------------------------------ */
+
+/* The WebSocket scope: the HTTP one with its type, scheme, subprotocols and
+ * extensions changed, and no method. */
+static PyObject *build_ws_scope(cs_asgi *a, const cs_req *r)
+{
+    PyObject *scope = build_scope(a, r), *subs = PyList_New(0);
+    if (!scope || !subs)
+        goto fail;
+    for (size_t i = 0; i < r->num_headers; i++) {
+        const cs_header *h = &r->headers[i];
+        if (h->name_len != 22 || strncasecmp(h->name, "sec-websocket-protocol", 22) != 0)
+            continue;
+        size_t j = 0;
+        while (j < h->value_len) {
+            while (j < h->value_len && (h->value[j] == ',' || h->value[j] == ' ' || h->value[j] == '\t'))
+                j++;
+            size_t s0 = j;
+            while (j < h->value_len && h->value[j] != ',')
+                j++;
+            size_t e = j;
+            while (e > s0 && (h->value[e - 1] == ' ' || h->value[e - 1] == '\t'))
+                e--;
+            if (e > s0) {
+                PyObject *sp = PyUnicode_DecodeLatin1(h->value + s0, (Py_ssize_t)(e - s0), NULL);
+                if (!sp || PyList_Append(subs, sp) < 0) {
+                    Py_XDECREF(sp);
+                    goto fail;
+                }
+                Py_DECREF(sp);
+            }
+        }
+    }
+    if (PyDict_SetItem(scope, a->keys[K_TYPE], a->keys[V_WEBSOCKET]) < 0 ||
+        PyDict_SetItem(scope, a->keys[K_SCHEME], a->keys[strcmp(r->scheme, "https") ? V_WS : V_WSS]) < 0 ||
+        PyDict_DelItem(scope, a->keys[K_METHOD]) < 0 || PyDict_SetItem(scope, a->keys[K_SUBPROTOCOLS], subs) < 0 ||
+        PyDict_SetItem(scope, a->keys[K_EXTENSIONS], a->ext_ws) < 0)
+        goto fail;
+    Py_DECREF(subs);
+    return scope;
+fail:
+    Py_XDECREF(subs);
+    Py_XDECREF(scope);
+    return NULL;
+}
+
+static PyObject *ws_disconnect_msg(Cycle *cy)
+{
+    PyObject *m = message(cy->a, V_WS_DISCONNECT);
+    PyObject *reason = cy->ws_reason ? Py_NewRef(cy->ws_reason) : PyUnicode_FromStringAndSize("", 0);
+    if (m && (set_steal(m, cy->a->keys[K_CODE], PyLong_FromLong(cy->ws_code ? cy->ws_code : 1006)) < 0 ||
+              set_steal(m, cy->a->keys[K_REASON], reason) < 0)) {
+        Py_CLEAR(m);
+        return NULL;
+    }
+    if (!m)
+        Py_XDECREF(reason);
+    return m;
+}
+
+static Py_ssize_t ws_queued(Cycle *cy) { return cy->ws_queue ? PyList_GET_SIZE(cy->ws_queue) - cy->ws_head : 0; }
+
+static PyObject *ws_try_receive(Cycle *cy, int *again)
+{
+    cs_req *r = cy->req;
+    *again = 0;
+    if (cy->ws_state == WS_CONNECTING) {
+        cy->ws_state = WS_HANDSHAKE;
+        return message(cy->a, V_WS_CONNECT);
+    }
+    if (ws_queued(cy)) {
+        PyObject *m = Py_NewRef(PyList_GET_ITEM(cy->ws_queue, cy->ws_head));
+        cy->ws_head++;
+        if (cy->ws_head == PyList_GET_SIZE(cy->ws_queue)) {
+            if (PyList_SetSlice(cy->ws_queue, 0, cy->ws_head, NULL) < 0)
+                PyErr_Clear();
+            cy->ws_head = 0;
+        }
+        if (cy->ws_paused && ws_queued(cy) <= WS_QUEUE_LOW && r) {
+            cy->ws_paused = 0;
+            r->ops->ws_pause(r, 0);
+        }
+        return m;
+    }
+    if (cy->gone || !r || cy->ws_state == WS_REFUSED)
+        return ws_disconnect_msg(cy);
+    *again = 1;
+    return NULL;
+}
+
+/* A message from the peer (the connection validated it). */
+static void cs_asgi_ws_message(cs_req *r, void *data, int opcode, const char *p, size_t n)
+{
+    cs_asgi *a = data;
+    Cycle *cy = r->bridge;
+    if (!cy)
+        return;
+    PyObject *m = message(a, V_WS_RECEIVE);
+    int text = opcode == CS_WS_TEXT;
+    if (!m || set_steal(m, a->keys[text ? K_TEXT : K_BYTES],
+                        text ? PyUnicode_DecodeUTF8(p, (Py_ssize_t)n, NULL)
+                             : PyBytes_FromStringAndSize(p, (Py_ssize_t)n)) < 0) {
+        Py_XDECREF(m);
+        cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "ASGI: cannot deliver a WebSocket message");
+        return;
+    }
+    if (cy->recv_fut && !ws_queued(cy) && !future_done(cy->recv_fut)) {
+        resolve(&cy->recv_fut, m, NULL);
+        return;
+    }
+    if (!cy->ws_queue && !(cy->ws_queue = PyList_New(0))) {
+        Py_DECREF(m);
+        cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "ASGI: cannot queue a WebSocket message");
+        return;
+    }
+    if (PyList_Append(cy->ws_queue, m) < 0)
+        cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "ASGI: cannot queue a WebSocket message");
+    Py_DECREF(m);
+    if (!cy->ws_paused && ws_queued(cy) >= WS_QUEUE_HIGH) {
+        /* the app is behind: let TCP push back on the peer */
+        cy->ws_paused = 1;
+        r->ops->ws_pause(r, 1);
+    }
+}
+
+static PyObject *on_ws_accept(Cycle *cy, PyObject *msg)
+{
+    cs_asgi *a = cy->a;
+    cs_req *r = cy->req;
+    if (cy->ws_state != WS_CONNECTING && cy->ws_state != WS_HANDSHAKE)
+        return bad_message("unexpected websocket.accept: the handshake is over");
+    PyObject *sp = msg_get(msg, K_SUBPROTOCOL, a), *headers = msg_get(msg, K_HEADERS, a);
+    if (PyErr_Occurred())
+        return NULL;
+    const char *spp = NULL;
+    Py_ssize_t spn = 0;
+    if (sp && sp != Py_None) {
+        if (!PyUnicode_Check(sp) || !(spp = PyUnicode_AsUTF8AndSize(sp, &spn)) || spn == 0) {
+            PyErr_Clear();
+            return bad_message("websocket.accept subprotocol must be a non-empty str, got %R", sp);
+        }
+        for (Py_ssize_t i = 0; i < spn; i++)
+            if (!cs_is_tchar((unsigned char)spp[i]))
+                return bad_message("invalid subprotocol %R", sp);
+    }
+    Py_ssize_t nh = 0;
+    size_t need = 0;
+    PyObject *seq = NULL;
+    if (headers && headers != Py_None && !(seq = header_items(headers, &nh, &need)))
+        return NULL;
+    cs_header *hdrs = PyMem_Malloc(sizeof(cs_header) * (size_t)(nh + 1));
+    if (!hdrs) {
+        Py_XDECREF(seq);
+        return PyErr_NoMemory();
+    }
+    size_t k = 0;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        const char *np = "", *vp = "";
+        Py_ssize_t nn = 0, vn = 0;
+        pair_view(PySequence_Fast_GET_ITEM(seq, i), &np, &nn, &vp, &vn);
+        /* the handshake fields are ours to write */
+        static const char *const ours[] = {"upgrade", "connection", "sec-websocket-accept",
+                                           "sec-websocket-extensions", "content-length", "transfer-encoding", NULL};
+        int skip = 0;
+        for (int j = 0; ours[j] && !skip; j++)
+            skip = (size_t)nn == strlen(ours[j]) && strncasecmp(np, ours[j], (size_t)nn) == 0;
+        if (nn == 22 && strncasecmp(np, "sec-websocket-protocol", 22) == 0) {
+            if (spp) {
+                skip = 1;
+            } else {            /* the app named its subprotocol as a header: take it */
+                spp = vp;
+                spn = vn;
+                skip = 1;
+            }
+        }
+        if (skip)
+            continue;
+        hdrs[k++] = (cs_header){.name = np, .name_len = (size_t)nn, .value = vp, .value_len = (size_t)vn};
+    }
+    int rc = cy->gone || !r ? -1 : r->ops->ws_accept(r, spp, (size_t)spn, hdrs, k);
+    PyMem_Free(hdrs);
+    Py_XDECREF(seq);
+    cy->ws_state = WS_OPEN;
+    cy->resp = RESP_DONE;
+    return sent(cy, rc);
+}
+
+static PyObject *on_ws_send(Cycle *cy, PyObject *msg)
+{
+    cs_asgi *a = cy->a;
+    cs_req *r = cy->req;
+    if (cy->ws_state != WS_OPEN && !cy->gone) {
+        if (cy->ws_state == WS_CLOSED)
+            return sent(cy, -1);
+        return bad_message("websocket.send before websocket.accept");
+    }
+    PyObject *text = msg_get(msg, K_TEXT, a), *bytes = msg_get(msg, K_BYTES, a);
+    if (PyErr_Occurred())
+        return NULL;
+    if (text == Py_None)
+        text = NULL;
+    if (bytes == Py_None)
+        bytes = NULL;
+    if (!text == !bytes)
+        return bad_message("websocket.send needs exactly one of bytes and text");
+    const char *p;
+    Py_ssize_t n;
+    Py_buffer view = {0};
+    if (text) {
+        if (!PyUnicode_Check(text))
+            return bad_message("websocket.send text must be a str, got %R", (PyObject *)Py_TYPE(text));
+        if (!(p = PyUnicode_AsUTF8AndSize(text, &n)))
+            return NULL;
+    } else {
+        if (PyUnicode_Check(bytes) || PyObject_GetBuffer(bytes, &view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            return bad_message("websocket.send bytes must be bytes, got %R", (PyObject *)Py_TYPE(bytes));
+        }
+        p = view.buf;
+        n = view.len;
+    }
+    int rc = cy->gone || !r ? -1 : r->ops->ws_send(r, text ? CS_WS_TEXT : CS_WS_BINARY, p, (size_t)n);
+    PyBuffer_Release(&view);
+    return sent(cy, rc);
+}
+
+static PyObject *on_ws_close(Cycle *cy, PyObject *msg)
+{
+    cs_asgi *a = cy->a;
+    cs_req *r = cy->req;
+    PyObject *code = msg_get(msg, K_CODE, a), *reason = msg_get(msg, K_REASON, a);
+    if (PyErr_Occurred())
+        return NULL;
+    long cc = 1000;
+    if (code && code != Py_None) {
+        cc = PyLong_Check(code) ? PyLong_AsLong(code) : -1;
+        if (cc < 1000 || cc > 4999 || cc == 1004 || cc == 1005 || cc == 1006 || cc == 1015) {
+            PyErr_Clear();
+            return bad_message("invalid WebSocket close code %R", code);
+        }
+    }
+    const char *rp = "";
+    Py_ssize_t rn = 0;
+    if (reason && reason != Py_None) {
+        if (!PyUnicode_Check(reason) || !(rp = PyUnicode_AsUTF8AndSize(reason, &rn))) {
+            PyErr_Clear();
+            return bad_message("websocket.close reason must be a str, got %R", reason);
+        }
+        if (rn > 123)
+            return bad_message("websocket.close reason is %zd bytes in UTF-8; at most 123 fit", rn);
+    }
+    if (cy->gone || !r)
+        return Py_NewRef(a->done_none);
+    if (cy->ws_state == WS_CONNECTING || cy->ws_state == WS_HANDSHAKE) {
+        /* refused before the handshake: HTTP 403 (ASGI spec) */
+        cy->ws_state = WS_REFUSED;
+        send_plain(r, 403, "Forbidden", 1);
+        cy->resp = RESP_DONE;
+    } else if (cy->ws_state == WS_OPEN) {
+        cy->ws_state = WS_CLOSED;
+        r->ops->ws_close(r, (int)cc, rp, (size_t)rn);
+    }
+    return Py_NewRef(a->done_none);
+}
+
+static PyObject *ws_send_message(Cycle *cy, PyObject *t, PyObject *msg)
+{
+    if (TYPE_IS(t, "websocket.send"))
+        return on_ws_send(cy, msg);
+    if (TYPE_IS(t, "websocket.accept"))
+        return on_ws_accept(cy, msg);
+    if (TYPE_IS(t, "websocket.close"))
+        return on_ws_close(cy, msg);
+    if (TYPE_IS(t, "websocket.http.response.start")) {
+        if (cy->ws_state != WS_CONNECTING && cy->ws_state != WS_HANDSHAKE)
+            return bad_message("unexpected websocket.http.response.start: the handshake is over");
+        PyObject *res = on_start(cy, msg);
+        if (res) {
+            cy->ws_state = WS_REFUSED;
+            cy->head.app_close = 1;     /* the client asked for a WebSocket: no second request */
+        }
+        return res;
+    }
+    if (TYPE_IS(t, "websocket.http.response.body")) {
+        if (cy->ws_state != WS_REFUSED || cy->resp == RESP_NONE)
+            return bad_message("expected websocket.http.response.start before websocket.http.response.body");
+        return on_body(cy, msg);
+    }
+    return bad_message("unexpected ASGI message type %R on a WebSocket", t);
+}
+
 /* ---- the handler hooks ---------------------------------------------------- */
 
 /* Run the app's awaitable one step in the Task's context, as the Task. */
@@ -1300,7 +1631,8 @@ static void cs_asgi_handle(cs_req *r, void *data)
     r->bridge = cy;             /* the request's reference: dropped in cycle_finish */
     PyObject_GC_Track(cy);
 
-    PyObject *scope = build_scope(a, r), *recv = NULL, *send = NULL, *aw = NULL, *ctx = NULL, *task = NULL;
+    cy->ws = r->websocket;
+    PyObject *scope = r->websocket ? build_ws_scope(a, r) : build_scope(a, r), *recv = NULL, *send = NULL, *aw = NULL, *ctx = NULL, *task = NULL;
     if (!scope || !(recv = chan_new((PyObject *)cy, receive_call)) || !(send = chan_new((PyObject *)cy, send_call))) {
         cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "ASGI: cannot build the scope");
         goto failed;
@@ -1400,6 +1732,12 @@ static void cs_asgi_cancel(cs_req *r, void *data)
     r->bridge = NULL;
     cy->req = NULL;
     cy->gone = 1;
+    if (cy->ws) {
+        cy->ws_code = r->ws_code ? r->ws_code : 1006;
+        Py_XSETREF(cy->ws_reason, PyUnicode_DecodeUTF8(r->ws_reason ? r->ws_reason : "",
+                                                       (Py_ssize_t)r->ws_reason_len, "replace"));
+        PyErr_Clear();
+    }
     cycle_release_head(cy);
     if (cy->suspended) {
         cy->suspended = 0;
@@ -1410,7 +1748,7 @@ static void cs_asgi_cancel(cs_req *r, void *data)
         Py_XDECREF(res);
     }
     Py_CLEAR(cy->task);
-    resolve(&cy->recv_fut, disconnect_msg(a), NULL);
+    resolve(&cy->recv_fut, cy->ws ? ws_disconnect_msg(cy) : disconnect_msg(a), NULL);
     if (cy->send_fut) {
         PyObject *exc = PyObject_CallFunction(ClientDisconnected, "s", "the client disconnected");
         resolve(&cy->send_fut, NULL, exc);
@@ -1467,6 +1805,8 @@ void cs_asgi_attach(cs_asgi *a, cs_worker *w)
     w->handler = cs_asgi_handle;
     w->resume = cs_asgi_resume;
     w->cancel = cs_asgi_cancel;
+    w->ws_message = cs_asgi_ws_message;
+    w->ws = a->ws;
     w->handler_data = a;
     w->drive = drive;
 }
@@ -1793,6 +2133,7 @@ cs_asgi *cs_asgi_new(PyObject *app, const cs_config *cfg, char *err, size_t errl
     a->lifespan_mode = cfg->lifespan;
     a->graceful = cfg->graceful_timeout;
     a->limit = cfg->limit_concurrency;
+    a->ws = cfg->ws;
     for (int i = 0; i < NKEYS; i++)
         if (!(a->keys[i] = PyUnicode_InternFromString(key_names[i])))
             goto fail;
@@ -1853,8 +2194,9 @@ cs_asgi *cs_asgi_new(PyObject *app, const cs_config *cfg, char *err, size_t errl
     PyObject *ext = Py_BuildValue("{s:{},s:{}}", "http.response.pathsend", "http.response.zerocopysend");
     a->ext_trailers = Py_BuildValue("{s:{},s:{},s:{}}", "http.response.pathsend", "http.response.zerocopysend",
                                     "http.response.trailers");
+    a->ext_ws = Py_BuildValue("{s:{}}", "websocket.http.response");
     a->template = PyDict_New();
-    if (!ext || !a->ext_trailers || !a->template ||
+    if (!ext || !a->ext_trailers || !a->ext_ws || !a->template ||
         PyDict_SetItem(a->template, a->keys[K_TYPE], a->keys[V_HTTP]) < 0 ||
         PyDict_SetItem(a->template, a->keys[K_ASGI], a->asgi_info) < 0 ||
         PyDict_SetItem(a->template, a->keys[K_SCHEME], a->keys[V_HTTP]) < 0 ||
@@ -1906,6 +2248,7 @@ void cs_asgi_free(cs_asgi *a)
     Py_XDECREF(a->leave_task);
     Py_XDECREF(a->template);
     Py_XDECREF(a->ext_trailers);
+    Py_XDECREF(a->ext_ws);
     Py_XDECREF(a->asgi_info);
     Py_XDECREF(a->state);
     Py_XDECREF(a->done_none);

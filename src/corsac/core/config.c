@@ -45,6 +45,16 @@ static const cs_option options[] = {
      "ASGI lifespan events; auto goes on without them if the app does not support them"},
     {"limit-concurrency", NULL, 0, T_INT, OFF(limit_concurrency), "0", NULL, 0, 1e9, "ASGI", "N",
      "answer 503 to new requests while N run in the app (per worker); 0 = no limit"},
+    {"ws", NULL, 0, T_BOOL, OFF(ws), "true", NULL, 0, 0, "WebSocket", NULL,
+     "accept WebSocket upgrades for ASGI apps (--no-ws: they reach the app as plain HTTP)"},
+    {"ws-max-size", NULL, 0, T_INT, OFF(ws_max_size), "16777216", NULL, 1, 1e12, "WebSocket", "BYTES",
+     "largest incoming message, after decompression (closed with 1009 beyond)"},
+    {"ws-ping-interval", NULL, 0, T_FLOAT, OFF(ws_ping_interval), "20", NULL, 0, 86400, "WebSocket", "SECONDS",
+     "ping each open WebSocket this often; 0 = never"},
+    {"ws-ping-timeout", NULL, 0, T_FLOAT, OFF(ws_ping_timeout), "20", NULL, 0.01, 86400, "WebSocket", "SECONDS",
+     "close a WebSocket whose pong does not come within this"},
+    {"ws-per-message-deflate", NULL, 0, T_BOOL, OFF(ws_deflate), "true", NULL, 0, 0, "WebSocket", NULL,
+     "negotiate permessage-deflate compression when the client offers it"},
     {"bind", NULL, 'b', T_LIST, OFF(binds), "127.0.0.1:8000", NULL, 0, 0, "Binding", "ADDR",
      "HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeat for several (systemd LISTEN_FDS are used "
      "when no bind is given)"},
@@ -109,8 +119,8 @@ static const cs_option options[] = {
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
-static const char *const group_order[] = {"Application", "ASGI", "Binding", "Workers", "HTTP limits", "Timeouts",
-                                          "Logging", "Hooks", NULL};
+static const char *const group_order[] = {"Application", "ASGI",    "WebSocket", "Binding", "Workers",
+                                          "HTTP limits", "Timeouts", "Logging",   "Hooks",   NULL};
 
 static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(char *err, size_t errlen, const char *fmt, ...)

@@ -45,6 +45,11 @@ typedef struct {
     int loop;                       /* CS_LOOP_* */
     int lifespan;                   /* CS_LIFESPAN_* */
     long limit_concurrency;         /* 0: none */
+    int ws;                         /* accept WebSocket upgrades (ASGI) */
+    long ws_max_size;
+    double ws_ping_interval;        /* 0: no pings */
+    double ws_ping_timeout;
+    int ws_deflate;                 /* negotiate permessage-deflate */
     long limit_request_line;
     long limit_request_fields;
     long limit_request_field_size;

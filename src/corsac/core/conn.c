@@ -3,7 +3,9 @@
  * Owns: the read buffer and request framing, the response head and body
  * framing (Content-Length, chunked, close-delimited), the output queue with
  * backpressure, keep-alive and pipelining, the header/body/idle timeouts and
- * lingering close.  Produces cs_req for the handler (request.h).
+ * lingering close.  Produces cs_req for the handler (request.h).  After a
+ * WebSocket handshake the app accepts, the connection carries a WebSocket
+ * session: frames are read and written here, framed and checked by ws.c.
  *
  * Read buffer layout while a request is in progress:
  *   [0, bpos)      consumed (head, body already handed to the app)
@@ -13,6 +15,7 @@
 #include "conn.h"
 #include "log.h"
 #include "resp.h"
+#include "ws.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -33,8 +36,10 @@
 #define OUT_LOW (64 * 1024)
 #define LINGER_MS 2000
 #define MAX_IOV 72
+#define WS_SCRATCH (64 * 1024)       /* WebSocket reads: one buffer per worker */
+#define WS_CLOSE_WAIT_MS 5000        /* for the peer's answer to our close frame */
 
-enum { S_IDLE, S_HEAD, S_BODY, S_APP, S_FLUSH, S_LINGER };
+enum { S_IDLE, S_HEAD, S_BODY, S_APP, S_FLUSH, S_LINGER, S_WS };
 enum { R_NONE, R_LENGTH, R_CHUNKED, R_CLOSE };
 enum { NEXT_WAIT, NEXT_READY, NEXT_ERROR };
 
@@ -47,6 +52,25 @@ typedef struct cs_out {
 } cs_out;
 
 #define OUT_SEGMENT 4096    /* small writes share one segment */
+
+/* A WebSocket session: prepared with the handshake, open once accepted. */
+typedef struct {
+    cs_ws_reader *rd;
+    cs_ws_deflater *df;             /* NULL: no compression */
+    cs_ws_deflate_params pmd;
+    char accept[CS_WS_ACCEPT_LEN + 1];
+    char ext[192];                  /* our Sec-WebSocket-Extensions answer, "" for none */
+    int open;                       /* 101 sent */
+    int close_sent, close_rcvd;
+    int over;                       /* handshake done or failed: the connection ends */
+    int paused;                     /* the handler's queue is full: read nothing */
+    int kick;                       /* work for the loop: leftover input, a finished app */
+    int pending_in;                 /* bytes after the handshake request wait in rbuf */
+    int code;                       /* close code the app hears */
+    char reason[124];
+    size_t reason_len;
+    uint64_t next_ping, pong_due, close_due;
+} cs_wsess;
 
 struct cs_conn {
     cs_io io;                       /* first: the loop hands it back to us */
@@ -87,6 +111,7 @@ struct cs_conn {
     int closing;                    /* close once the output is flushed */
     int broken;                     /* the socket failed: drop without flushing */
     int timed_out;                  /* --request-timeout fired (under the inflight lock) */
+    cs_wsess *ws;                   /* a WebSocket handshake or session */
 
     cs_out *out_head, *out_tail;
     size_t out_bytes;
@@ -97,6 +122,13 @@ static const cs_req_ops h1_ops;
 static void conn_io(cs_loop *loop, cs_io *io, uint32_t events);
 static void conn_settle(cs_conn *c);
 static void async_watch(cs_conn *c);
+static int ws_prepare(cs_conn *c);
+static void ws_free(cs_conn *c);
+static void ws_detach(cs_conn *c);
+static void ws_settle(cs_conn *c);
+static void ws_watch(cs_conn *c);
+static void ws_io(cs_conn *c, uint32_t events);
+static void ws_sweep(cs_conn *c, uint64_t now, int stopping);
 
 cs_conn **cs_conn_qnext(cs_conn *c) { return &c->qnext; }
 
@@ -334,26 +366,31 @@ static int conn_write(cs_conn *c, struct iovec *iov, int n, int may_block)
 
 /* ---- server-made responses ------------------------------------------------ */
 
-/* A whole server-made response that closes the connection; its length. */
-static size_t format_error(char buf[512], int status)
+/* A whole server-made response that closes the connection; its length.
+ * extra: more header lines ("Name: value\r\n"), or "". */
+static size_t format_error_with(char buf[512], int status, const char *extra)
 {
     const char *reason = cs_status_reason(status);
     int n = snprintf(buf, 512,
-                     "HTTP/1.1 %d %s\r\nServer: corsac\r\n%sContent-Type: text/plain; charset=utf-8\r\n"
+                     "HTTP/1.1 %d %s\r\nServer: corsac\r\n%s%sContent-Type: text/plain; charset=utf-8\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-                     status, reason, http_date(), strlen(reason) + 1, reason);
+                     status, reason, http_date(), extra, strlen(reason) + 1, reason);
     return (size_t)n;
 }
 
+static size_t format_error(char buf[512], int status) { return format_error_with(buf, status, ""); }
+
 /* A complete error response, then close.  The app never sees the request. */
-static void send_error(cs_conn *c, int status)
+static void send_error_with(cs_conn *c, int status, const char *extra)
 {
     char buf[512];
-    struct iovec v = {buf, format_error(buf, status)};
+    struct iovec v = {buf, format_error_with(buf, status, extra)};
     conn_write(c, &v, 1, 0);
     c->closing = 1;
     c->have_req = 0;
 }
+
+static void send_error(cs_conn *c, int status) { send_error_with(c, status, ""); }
 
 /* ---- request framing ------------------------------------------------------ */
 
@@ -510,6 +547,24 @@ static int conn_next(cs_conn *c)
         } else if (c->pr.body == CS_BODY_CHUNKED) {
             cs_chunked_init(&c->chunked);
             c->framed = 0;
+        }
+        if (c->pr.upgrade && w->ws && cs_ws_is_upgrade(c->headers, c->pr.num_headers)) {
+            const char *key, *why = "a WebSocket handshake has no body";
+            size_t key_len;
+            int st = c->pr.body != CS_BODY_NONE ? 400
+                     : cs_ws_check_handshake(c->pr.method, c->pr.method_len, c->pr.minor_version, c->headers,
+                                             c->pr.num_headers, &key, &key_len, &why);
+            if (st) {
+                cs_log(CS_LOG_DEBUG, "conn: %d from %s: %s", st, c->peer, why);
+                send_error_with(c, st, st == 426 ? "Sec-WebSocket-Version: 13\r\n" : "");
+                return NEXT_ERROR;
+            }
+            if (ws_prepare(c) < 0) {
+                send_error(c, 503);
+                return NEXT_ERROR;
+            }
+            cs_ws_accept_value(key, key_len, c->ws->accept);
+            c->req.websocket = 1;
         }
     }
     if (frame_body(c) < 0) {
@@ -946,6 +1001,18 @@ static int h1_trailers(cs_req *r, const cs_header *f, size_t n)
 static void h1_done(cs_req *r)
 {
     cs_conn *c = from_req(r);
+    if (c->state == S_WS) {
+        /* the session outlives the app until the closing handshake ends;
+         * the loop looks at it next (not from inside the app's task) */
+        r->suspended = 0;
+        r->blocked = 0;
+        c->async_app = 0;
+        c->in_app = 0;
+        cs_worker_request_done(c->w);
+        c->ws->kick = 1;
+        ws_watch(c);
+        return;
+    }
     r->suspended = 0;
     r->blocked = 0;
     c->async_app = 0;
@@ -956,7 +1023,13 @@ static void h1_done(cs_req *r)
     cs_worker_hand_back(c->w, c);
 }
 
-static const cs_req_ops h1_ops = {h1_read, h1_send, h1_sendfile, h1_abort, h1_body, h1_trailers, h1_done};
+static int ws_accept(cs_req *r, const char *sp, size_t sp_len, const cs_header *extra, size_t n);
+static int ws_send(cs_req *r, int opcode, const char *p, size_t n);
+static int ws_close(cs_req *r, int code, const char *reason, size_t n);
+static void ws_pause(cs_req *r, int paused);
+
+static const cs_req_ops h1_ops = {h1_read,     h1_send, h1_sendfile, h1_abort, h1_body, h1_trailers,
+                                  h1_done,     ws_accept, ws_send,   ws_close, ws_pause};
 
 /* ---- running requests ----------------------------------------------------- */
 
@@ -977,6 +1050,10 @@ static void finish_request(cs_conn *c)
         frame_body(c);
     if (!c->framed)
         c->closing = 1;
+    if (c->ws && !c->ws->open) {
+        c->closing = 1;         /* refused or failed handshake: no second request */
+        ws_free(c);
+    }
     c->bpos = c->bend;
     c->rpos = c->raw;
     c->have_req = 0;
@@ -997,7 +1074,7 @@ static int after_handler(cs_conn *c)
         return 0;
     }
     finish_request(c);
-    if (c->closing || c->broken || c->out_bytes > OUT_LOW)
+    if (c->closing || c->broken || c->out_bytes > OUT_LOW || c->state == S_WS)
         return 0;
     return conn_next(c) == NEXT_READY;
 }
@@ -1086,6 +1163,12 @@ static void conn_advance(cs_conn *c)
 static void conn_free(cs_conn *c)
 {
     cs_worker *w = c->w;
+    if (c->ws) {
+        if (!c->ws->over)
+            c->ws->code = CS_WS_ABNORMAL;
+        ws_detach(c);
+        ws_free(c);
+    }
     if (c->req.suspended) {
         c->req.suspended = 0;
         w->cancel(&c->req, w->handler_data);
@@ -1127,6 +1210,10 @@ static void conn_settle(cs_conn *c)
     cs_worker *w = c->w;
     if (c->broken) {
         conn_free(c);
+        return;
+    }
+    if (c->state == S_WS) {
+        ws_settle(c);
         return;
     }
     if (c->async_app) {
@@ -1281,6 +1368,9 @@ static void conn_io(cs_loop *loop, cs_io *io, uint32_t events)
         }
         break;
     }
+    case S_WS:
+        ws_io(c, events);
+        break;
     case S_APP:
         if (c->async_app) {
             async_io(c, events);
@@ -1397,6 +1487,8 @@ void cs_conn_close_all(cs_worker *w)
 {
     while (w->conns)
         conn_free(w->conns);
+    free(w->scratch);
+    w->scratch = NULL;
 }
 
 void cs_conn_sweep(cs_worker *w)
@@ -1408,6 +1500,10 @@ void cs_conn_sweep(cs_worker *w)
         next = c->next;
         if (c->in_pool)
             continue;
+        if (c->state == S_WS) {
+            ws_sweep(c, now, stopping);
+            continue;
+        }
         if (c->state == S_APP) {
             if (c->async_app && w->request_ms && now - c->app_since > w->request_ms) {
                 /* an ASGI app awaiting past --request-timeout: answer for it
@@ -1452,4 +1548,385 @@ void cs_conn_sweep(cs_worker *w)
         for (int k = 0; k < w->nlisteners; k++)
             cs_loop_watch(w->loop, &w->lio[k].io, EPOLLIN);
     }
+}
+
+/* ---- WebSocket sessions ------------------------------------------------------ */
+
+static int ws_prepare(cs_conn *c)
+{
+    cs_wsess *s = calloc(1, sizeof(*s));
+    if (!s) {
+        cs_log(CS_LOG_ERROR, "conn: out of memory for a WebSocket session from %s", c->peer);
+        return -1;
+    }
+    if (c->w->ws_deflate &&
+        cs_ws_negotiate_deflate(c->headers, c->pr.num_headers, &s->pmd, s->ext, sizeof(s->ext)) < 0)
+        s->ext[0] = 0;
+    c->ws = s;
+    return 0;
+}
+
+static void ws_free(cs_conn *c)
+{
+    if (!c->ws)
+        return;
+    cs_ws_reader_free(c->ws->rd);
+    cs_ws_deflater_free(c->ws->df);
+    free(c->ws);
+    c->ws = NULL;
+}
+
+/* The app hears that the session is over (its receive() gets the close
+ * code), unless it has finished already. */
+static void ws_detach(cs_conn *c)
+{
+    cs_req *r = &c->req;
+    cs_worker *w = c->w;
+    if (!r->suspended)
+        return;
+    r->ws_code = c->ws->code;
+    r->ws_reason = c->ws->reason;
+    r->ws_reason_len = c->ws->reason_len;
+    r->suspended = 0;
+    r->blocked = 0;
+    c->async_app = 0;
+    c->in_app = 0;
+    w->cancel(r, w->handler_data);
+    cs_worker_request_done(w);
+}
+
+/* Queue one frame of ours (never blocks: control frames are small). */
+static int ws_frame(cs_conn *c, int opcode, const void *p, size_t n)
+{
+    unsigned char h[CS_WS_MAX_HEADER];
+    struct iovec v[2] = {{h, cs_ws_frame_header(h, opcode, 1, 0, n)}, {(void *)p, n}};
+    return conn_write(c, v, n ? 2 : 1, 0);
+}
+
+static void ws_send_close(cs_conn *c, int code, const char *reason, size_t n)
+{
+    cs_wsess *s = c->ws;
+    unsigned char buf[125];
+    size_t len = 0;
+    if (s->close_sent)
+        return;
+    if (code != CS_WS_NO_STATUS) {
+        if (n > sizeof(buf) - 2)
+            n = sizeof(buf) - 2;
+        buf[0] = (unsigned char)(code >> 8);
+        buf[1] = (unsigned char)code;
+        memcpy(buf + 2, reason, n);
+        len = n + 2;
+    }
+    s->close_sent = 1;
+    s->close_due = cs_now_ms() + WS_CLOSE_WAIT_MS;
+    ws_frame(c, CS_WS_CLOSE, buf, len);
+}
+
+/* The peer broke the protocol: close with the code, and end the session. */
+static void ws_fail(cs_conn *c, int code, const char *why)
+{
+    cs_wsess *s = c->ws;
+    cs_log(CS_LOG_DEBUG, "ws: %s from %s; closing with %d", why, c->peer, code);
+    ws_send_close(c, code, "", 0);
+    s->code = code;
+    s->reason_len = 0;
+    s->over = 1;
+}
+
+static void ev_message(void *ud, int opcode, const char *p, size_t n)
+{
+    cs_conn *c = ud;
+    if (c->async_app && !c->ws->close_sent)
+        c->w->ws_message(&c->req, c->w->handler_data, opcode, p, n);
+}
+
+static void ev_control(void *ud, int opcode, const char *p, size_t n)
+{
+    cs_conn *c = ud;
+    if (opcode == CS_WS_PING && !c->ws->close_sent)
+        ws_frame(c, CS_WS_PONG, p, n);
+    else if (opcode == CS_WS_PONG)
+        c->ws->pong_due = 0;
+}
+
+static void ev_close(void *ud, int code, const char *reason, size_t n)
+{
+    cs_conn *c = ud;
+    cs_wsess *s = c->ws;
+    s->close_rcvd = 1;
+    s->code = code;
+    s->reason_len = n < sizeof(s->reason) ? n : sizeof(s->reason) - 1;
+    memcpy(s->reason, reason, s->reason_len);
+    s->reason[s->reason_len] = 0;
+    ws_send_close(c, code, "", 0);         /* echo the code (none if it had none) */
+    s->over = 1;
+}
+
+static const cs_ws_events ws_events = {ev_message, ev_control, ev_close};
+
+static void ws_feed(cs_conn *c, unsigned char *p, size_t n)
+{
+    int code;
+    const char *why;
+    if (!c->ws->over && cs_ws_reader_feed(c->ws->rd, p, n, &ws_events, c, &code, &why) < 0)
+        ws_fail(c, code, why);
+}
+
+static void ws_watch(cs_conn *c)
+{
+    cs_wsess *s = c->ws;
+    uint32_t ev = EPOLLRDHUP;
+    if (!s->paused && !s->close_rcvd && !s->over)
+        ev |= EPOLLIN;
+    if (c->out_head || s->kick) {
+        ev |= EPOLLOUT;
+        if (c->out_head && !(c->io.events & EPOLLOUT))     /* output starts waiting: stall clock */
+            c->deadline = cs_now_ms() + c->w->body_ms;
+    }
+    if (cs_loop_watch(c->w->loop, &c->io, ev) < 0)
+        c->broken = 1;
+}
+
+/* After any work on a session: end it, or wait for its next event. */
+static void ws_settle(cs_conn *c)
+{
+    cs_wsess *s = c->ws;
+    if (c->broken) {
+        conn_free(c);
+        return;
+    }
+    if (s->over) {
+        /* both close frames crossed, or ours ended a failed session: the
+         * app hears the code, and we close TCP first, gently (RFC 6455 7.1.1) */
+        ws_detach(c);
+        ws_free(c);
+        c->closing = 1;
+        if (c->out_head) {
+            c->state = S_FLUSH;
+            c->deadline = cs_now_ms() + c->w->body_ms;
+            if (cs_loop_watch(c->w->loop, &c->io, EPOLLOUT) < 0)
+                conn_free(c);
+        } else {
+            start_linger(c);
+        }
+        return;
+    }
+    ws_watch(c);
+    if (c->broken)
+        conn_free(c);
+}
+
+static unsigned char *ws_scratch(cs_worker *w)
+{
+    if (!w->scratch && !(w->scratch = malloc(WS_SCRATCH)))
+        cs_log(CS_LOG_ERROR, "ws: out of memory for the read buffer");
+    return w->scratch;
+}
+
+static void ws_io(cs_conn *c, uint32_t events)
+{
+    cs_wsess *s = c->ws;
+    cs_worker *w = c->w;
+    int notify = 0;
+    s->kick = 0;
+    if (c->out_head) {
+        size_t before = c->out_bytes;
+        if (flush_out(c) < 0) {
+            conn_free(c);
+            return;
+        }
+        if (c->out_bytes < before)
+            c->deadline = cs_now_ms() + w->body_ms;
+        if (c->req.blocked && c->out_bytes <= OUT_LOW) {
+            c->req.blocked = 0;
+            notify = 1;
+        }
+    }
+    if (s->pending_in) {
+        /* frames that came with the handshake request */
+        s->pending_in = 0;
+        ws_feed(c, (unsigned char *)c->rbuf + c->raw, c->rlen - c->raw);
+        free(c->rbuf);
+        c->rbuf = NULL;
+        c->rcap = c->rlen = c->rpos = c->raw = c->bpos = c->bend = 0;
+    }
+    if ((events & EPOLLIN) && (c->io.events & EPOLLIN) && !s->over && !s->paused) {
+        unsigned char *buf = ws_scratch(w);
+        ssize_t n = buf ? read(c->io.fd, buf, WS_SCRATCH) : -1;
+        if (n > 0) {
+            ws_feed(c, buf, (size_t)n);
+        } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            c->peer_eof = n == 0;
+            c->broken = 1;      /* gone without a close frame: 1006 */
+        }
+    } else if ((events & (EPOLLHUP | EPOLLERR)) ||
+               ((events & EPOLLRDHUP) && !(c->io.events & EPOLLIN) && !s->over)) {
+        c->peer_eof = 1;
+        c->broken = 1;
+    }
+    if (notify && c->async_app && !c->broken)
+        w->resume(&c->req, w->handler_data);
+    ws_settle(c);
+}
+
+static void ws_sweep(cs_conn *c, uint64_t now, int stopping)
+{
+    cs_wsess *s = c->ws;
+    cs_worker *w = c->w;
+    if (c->out_head && now >= c->deadline) {
+        cs_log(CS_LOG_INFO, "ws: %s stopped reading; dropping the connection", c->peer);
+        conn_free(c);
+        return;
+    }
+    if (!s->close_sent) {
+        if (stopping) {
+            ws_send_close(c, CS_WS_GOING_AWAY, "", 0);
+        } else if (s->pong_due && now >= s->pong_due) {
+            cs_log(CS_LOG_INFO, "ws: no pong from %s within --ws-ping-timeout; closing", c->peer);
+            ws_send_close(c, CS_WS_INTERNAL_ERROR, "", 0);
+            s->code = CS_WS_ABNORMAL;
+            s->over = 1;
+        } else if (w->ws_ping_ms && !s->pong_due && now >= s->next_ping) {
+            unsigned char stamp[8];
+            for (int i = 0; i < 8; i++)
+                stamp[i] = (unsigned char)(now >> (8 * i));
+            ws_frame(c, CS_WS_PING, stamp, sizeof(stamp));
+            s->pong_due = now + w->ws_pong_ms;
+            s->next_ping = now + w->ws_ping_ms;
+        }
+    } else if (!s->close_rcvd && now >= s->close_due) {
+        cs_log(CS_LOG_DEBUG, "ws: %s did not answer our close frame", c->peer);
+        if (!s->over)
+            s->code = CS_WS_ABNORMAL;
+        conn_free(c);
+        return;
+    }
+    ws_settle(c);
+}
+
+static int ws_accept(cs_req *r, const char *sp, size_t sp_len, const cs_header *extra, size_t n)
+{
+    cs_conn *c = from_req(r);
+    cs_wsess *s = c->ws;
+    cs_worker *w = c->w;
+    if (!s || s->open || c->broken || r->started)
+        return -1;
+    size_t need = 512 + sp_len, k = 0;
+    int has_server = 0;
+    for (size_t i = 0; i < n; i++) {
+        need += extra[i].name_len + extra[i].value_len + 4;
+        if (extra[i].name_len == 6 && strncasecmp(extra[i].name, "server", 6) == 0)
+            has_server = 1;
+    }
+    char stack[2048], *buf = need <= sizeof(stack) ? stack : malloc(need), *p = buf;
+    if (!buf) {
+        cs_log(CS_LOG_ERROR, "conn: out of memory for a %zu-byte 101 head", need);
+        c->broken = 1;
+        return -1;
+    }
+    p += PUTLIT(p, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Accept: ");
+    p += put(p, s->accept, CS_WS_ACCEPT_LEN);
+    p += PUTLIT(p, "\r\n");
+    if (sp) {
+        p += PUTLIT(p, "Sec-WebSocket-Protocol: ");
+        p += put(p, sp, sp_len);
+        p += PUTLIT(p, "\r\n");
+    }
+    if (s->ext[0]) {
+        p += PUTLIT(p, "Sec-WebSocket-Extensions: ");
+        p += put(p, s->ext, strlen(s->ext));
+        p += PUTLIT(p, "\r\n");
+    }
+    if (!has_server)
+        p += PUTLIT(p, "Server: corsac\r\n");
+    p += put(p, http_date(), 37);
+    for (; k < n; k++) {
+        p += put(p, extra[k].name, extra[k].name_len);
+        p += PUTLIT(p, ": ");
+        p += put(p, extra[k].value, extra[k].value_len);
+        p += PUTLIT(p, "\r\n");
+    }
+    p += PUTLIT(p, "\r\n");
+    s->rd = cs_ws_reader_new(w->ws_max_size, s->ext[0] ? &s->pmd : NULL);
+    s->df = s->ext[0] ? cs_ws_deflater_new(&s->pmd) : NULL;
+    int rc = -1;
+    if (!s->rd || (s->ext[0] && !s->df)) {
+        cs_log(CS_LOG_ERROR, "conn: out of memory for a WebSocket session from %s", c->peer);
+        c->broken = 1;
+    } else {
+        struct iovec v = {buf, (size_t)(p - buf)};
+        rc = conn_write(c, &v, 1, 0) < 0 ? -1 : 0;
+    }
+    if (buf != stack)
+        free(buf);
+    if (rc < 0)
+        return -1;
+    r->started = 1;
+    c->resp_done = 1;
+    c->keep_alive = 0;
+    c->state = S_WS;
+    s->open = 1;
+    s->next_ping = cs_now_ms() + w->ws_ping_ms;
+    if (c->rlen > c->raw) {
+        s->pending_in = 1;      /* the loop feeds them: not from inside the app's send() */
+        s->kick = 1;
+    } else {
+        /* idle sessions keep no read buffer: reads go through the worker's */
+        free(c->rbuf);
+        c->rbuf = NULL;
+        c->rcap = c->rlen = c->rpos = c->raw = c->bpos = c->bend = 0;
+    }
+    if (c->async_app)
+        ws_watch(c);
+    return 0;
+}
+
+static int ws_send(cs_req *r, int opcode, const char *p, size_t n)
+{
+    cs_conn *c = from_req(r);
+    cs_wsess *s = c->ws;
+    if (!s || !s->open || s->close_sent || s->over || c->broken)
+        return -1;
+    unsigned char h[CS_WS_MAX_HEADER], *z = NULL;
+    size_t zn = 0;
+    int packed = s->df ? cs_ws_deflate(s->df, p, n, &z, &zn) : 0;
+    if (packed < 0) {
+        c->broken = 1;
+        return -1;
+    }
+    struct iovec v[2] = {{h, cs_ws_frame_header(h, opcode, 1, packed, packed ? zn : n)},
+                         {packed ? (void *)z : (void *)p, packed ? zn : n}};
+    int rc = conn_write(c, v, 2, 2);
+    free(z);
+    if (rc == 1 && !r->blocked)
+        r->blocked = 1;
+    if (c->out_head || c->broken)
+        ws_watch(c);
+    return rc;
+}
+
+static int ws_close(cs_req *r, int code, const char *reason, size_t n)
+{
+    cs_conn *c = from_req(r);
+    cs_wsess *s = c->ws;
+    if (!s || !s->open || c->broken)
+        return -1;
+    if (!s->close_sent) {
+        ws_send_close(c, code, reason, n);
+        s->code = code;
+        ws_watch(c);
+    }
+    return 0;
+}
+
+static void ws_pause(cs_req *r, int paused)
+{
+    cs_conn *c = from_req(r);
+    if (!c->ws || c->ws->paused == paused)
+        return;
+    c->ws->paused = paused;
+    if (c->ws->open)
+        ws_watch(c);
 }

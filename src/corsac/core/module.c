@@ -163,6 +163,10 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
     w.body_ms = (uint64_t)(cfg->body_read_timeout * 1000);
     w.graceful_ms = (uint64_t)(cfg->graceful_timeout * 1000);
     w.body_limit = (uint64_t)cfg->limit_request_body;
+    w.ws_deflate = cfg->ws_deflate;
+    w.ws_max_size = (uint64_t)cfg->ws_max_size;
+    w.ws_ping_ms = (uint64_t)(cfg->ws_ping_interval * 1000);
+    w.ws_pong_ms = (uint64_t)(cfg->ws_ping_timeout * 1000);
     w.timeout_ms = (uint64_t)(cfg->timeout * 1000);
     w.request_ms = (uint64_t)(cfg->request_timeout * 1000);
     if (cfg->max_requests) {

@@ -63,6 +63,21 @@ typedef struct {
     /* A handler that returned with `suspended` set has finished (response
      * complete, failed or aborted): the protocol moves on to the next request. */
     void (*done)(cs_req *r);
+
+    /* WebSocket sessions (requests with `websocket` set; async handlers).
+     * Accept: answer 101 with the app's subprotocol (NULL: none) and extra
+     * fields; the connection speaks WebSocket from then on, and incoming
+     * messages reach the worker's ws_message hook.  0, or -1 if the client
+     * is gone. */
+    int (*ws_accept)(cs_req *r, const char *subprotocol, size_t sp_len, const cs_header *extra, size_t n);
+    /* One message (CS_WS_TEXT or CS_WS_BINARY): 0 sent or queued, 1 queued
+     * but the client is behind (as send: set blocked, the resume hook comes
+     * once it drains), -1 the session is closed. */
+    int (*ws_send)(cs_req *r, int opcode, const char *p, size_t n);
+    /* Start the closing handshake with this code and reason. */
+    int (*ws_close)(cs_req *r, int code, const char *reason, size_t n);
+    /* Stop (1) or resume (0) reading messages: the handler's queue is full. */
+    void (*ws_pause)(cs_req *r, int paused);
 } cs_req_ops;
 
 enum { CS_SEND_FIN = 1, CS_SEND_MAY_SUSPEND = 2, CS_SEND_TRAILERS = 4 /* head: end with trailers */ };
@@ -96,6 +111,10 @@ struct cs_req {
     unsigned te_trailers : 1;                  /* the client sent "TE: trailers" */
     unsigned is_unix : 1;                      /* over a unix socket: no peer address */
     unsigned expired : 1;                      /* dropped for --request-timeout (async handlers) */
+    unsigned websocket : 1;                    /* a valid WebSocket handshake (ASGI, --ws) */
+    int ws_code;                               /* when the cancel hook runs: the close code, */
+    const char *ws_reason;                     /* ... and reason (valid during the hook) */
+    size_t ws_reason_len;
     void *bridge;                              /* handler state for this request */
 };
 

@@ -45,6 +45,10 @@ struct cs_worker {
     size_t max_head;                /* largest head the limits allow */
     uint64_t keepalive_ms, header_ms, body_ms, graceful_ms;
     uint64_t body_limit;            /* 0: none */
+    int ws;                         /* WebSocket upgrades go to the handler */
+    int ws_deflate;
+    uint64_t ws_max_size, ws_ping_ms, ws_pong_ms;
+    unsigned char *scratch;         /* WebSocket reads land here (loop thread) */
     cs_listen_io *lio;
     int nlisteners;
     int threads;                    /* 1: handlers run inline on the loop thread */
@@ -77,6 +81,8 @@ struct cs_worker {
      * body, the output queue or the client changed, look again */
     cs_handler_fn *resume;
     cs_handler_fn *cancel;          /* drop a suspended handler: its client is gone */
+    /* a WebSocket message for an accepted session (loop thread) */
+    void (*ws_message)(cs_req *r, void *data, int opcode, const char *p, size_t n);
     void *handler_data;
     /* async: run the host event loop until the worker loop stops (instead of
      * cs_loop_run); the worker's epoll fd is to be watched through it */
