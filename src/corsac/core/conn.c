@@ -1620,6 +1620,7 @@ static void ws_send_close(cs_conn *c, int code, const char *reason, size_t n)
     }
     s->close_sent = 1;
     s->close_due = cs_now_ms() + WS_CLOSE_WAIT_MS;
+    s->paused = 0;              /* the answer must be read, whatever the app's queue */
     ws_frame(c, CS_WS_CLOSE, buf, len);
 }
 
@@ -1902,6 +1903,8 @@ static int ws_send(cs_req *r, int opcode, const char *p, size_t n)
     free(z);
     if (rc == 1 && !r->blocked)
         r->blocked = 1;
+    if (c->broken)
+        s->kick = 1;            /* the loop frees it: not from inside the app's send() */
     if (c->out_head || c->broken)
         ws_watch(c);
     return rc;
