@@ -20,6 +20,7 @@ import time
 
 sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
 import benchlib as bl  # noqa: E402
+import ws_run  # noqa: E402
 
 SCENARIOS = {
     "hello": {
@@ -52,26 +53,33 @@ SCENARIOS = {
         "interface": "asgi", "pipeline": False, "nginx": False,
         "about": "GET /json on a FastAPI app returning a dict (async endpoint)",
     },
+    # Run by ws_run.py (its own load generator, bench/wsload.c), not by wrk.
+    "ws-echo": {
+        "app": ws_run.APP, "interface": "ws", "pipeline": False, "nginx": False,
+        "about": "WebSocket echo round-trips (bench/ws_run.py)",
+    },
 }
 
 # Which interfaces each server speaks; a server only runs the scenarios of its
 # interfaces. nginx answers from its config and runs wherever sc["nginx"].
+# "ws" is the WebSocket scenario (ws-echo): uvicorn there runs --ws websockets.
 INTERFACES = {
-    "corsac": ("wsgi", "asgi"),
-    "corsac-asyncio": ("asgi",),
+    "corsac": ("wsgi", "asgi", "ws"),
+    "corsac-asyncio": ("asgi", "ws"),
     "gunicorn-sync": ("wsgi",),
     "gunicorn-gthread": ("wsgi",),
     "granian": ("wsgi",),
-    "granian-asgi": ("asgi",),
-    "uvicorn": ("asgi",),
-    "hypercorn": ("asgi",),
+    "granian-asgi": ("asgi", "ws"),
+    "uvicorn": ("asgi", "ws"),
+    "uvicorn-wsproto": ("ws",),
+    "hypercorn": ("asgi", "ws"),
     "nginx": ("wsgi", "asgi"),
 }
 SERVERS = list(INTERFACES)
+INTERFACE_ALIASES = ("wsgi", "asgi", "ws")
 ALIASES = {"gunicorn": ["gunicorn-sync", "gunicorn-gthread"],
-           "wsgi": [s for s in SERVERS if "wsgi" in INTERFACES[s]],
-           "asgi": [s for s in SERVERS if "asgi" in INTERFACES[s]],
            "all": SERVERS}
+ALIASES.update({i: [s for s in SERVERS if i in INTERFACES[s]] for i in INTERFACE_ALIASES})
 
 # Targets from the project plan (printed for information only). For each
 # scenario: ratio wanted against each peer (corsac req/s / peer req/s), and
@@ -123,9 +131,9 @@ def build_args():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--only", default="all",
                    help="comma-separated servers: " + ", ".join(SERVERS)
-                   + " ('gunicorn' = both gunicorn variants, 'wsgi' / 'asgi' = "
-                   "the servers of that interface); each scenario runs only the "
-                   "servers that speak its interface")
+                   + " ('gunicorn' = both gunicorn variants, 'wsgi' / 'asgi' / 'ws' = "
+                   "the scenarios of that interface and their servers); each scenario "
+                   "runs only the servers that speak its interface")
     p.add_argument("--scenario", default=",".join(SCENARIOS),
                    help="comma-separated scenarios: " + ", ".join(SCENARIOS))
     p.add_argument("--duration", type=int, default=10,
@@ -156,6 +164,7 @@ def build_args():
                    "import corsac, else <repo>/.venv/bin/python)")
     p.add_argument("--start-timeout", type=float, default=30,
                    help="seconds to wait for a server to answer")
+    ws_run.add_ws_options(p)
     p.add_argument("--json", metavar="FILE", help="also write all results as JSON")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print commands and raw wrk output")
@@ -406,6 +415,10 @@ def main(argv=None):
     args = build_args().parse_args(argv)
     servers = parse_list(args.only, SERVERS, ALIASES, "server")
     scenarios = parse_list(args.scenario, SCENARIOS, None, "scenario")
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    if only and all(x in INTERFACE_ALIASES for x in only):
+        # --only asgi / --only ws: the scenarios of those interfaces only.
+        scenarios = [sc for sc in scenarios if SCENARIOS[sc]["interface"] in only]
     plan = [(sc, [s for s in servers if serves(s, SCENARIOS[sc])]) for sc in scenarios]
     if not any(srvs for _, srvs in plan):
         raise SystemExit("nothing to run (no selected server speaks the interface "
@@ -417,6 +430,7 @@ def main(argv=None):
     all_results = {}
     with tempfile.TemporaryDirectory(prefix="corsac-bench-") as tmpdir:
         runner = Runner(args, tmpdir)
+        ws_runner = None
         if not runner.wrk:
             raise SystemExit("wrk not found (apt-get install wrk)")
         if not bl.taskset_prefix("0"):
@@ -430,6 +444,13 @@ def main(argv=None):
                 if not sc_servers:
                     print("-- %s: skipped, none of the selected servers speaks %s"
                           % (sc_name, SCENARIOS[sc_name]["interface"].upper()))
+                    continue
+                if SCENARIOS[sc_name]["interface"] == "ws":
+                    if ws_runner is None:
+                        ws_runner = ws_run.WsRunner(args, tmpdir)  # builds wsload
+                    results = all_results[sc_name] = ws_run.run_all(ws_runner, sc_servers, args)
+                    ws_run.print_results(results, args)
+                    print()
                     continue
                 results = {}
                 for server in sc_servers:
