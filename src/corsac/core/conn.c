@@ -1112,8 +1112,12 @@ again:
     } while (after_handler(c));
     if (c->async_app) {
         c->cork = 0;
-        if (c->out_head && flush_out(c) < 0)
-            return;
+        /* a send that blocked behind corked answers may find the queue
+         * drained right here: nothing would wake it later */
+        if (c->out_head && flush_out(c) > 0 && c->req.blocked && c->out_bytes <= OUT_LOW) {
+            c->req.blocked = 0;
+            w->resume(&c->req, w->handler_data);
+        }
         return;
     }
     c->cork = 0;

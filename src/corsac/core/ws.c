@@ -730,6 +730,8 @@ int cs_ws_deflate(cs_ws_deflater *d, const char *p, size_t n, unsigned char **ou
     /* a sync flush ends in an empty stored block, 00 00 FF FF: RFC 7692 drops it */
     if (len >= 4 && memcmp(buf + len - 4, "\x00\x00\xff\xff", 4) == 0)
         len -= 4;
+    if (len == 0)
+        buf[len++] = 0x00;      /* an empty message: one empty block (RFC 7692 7.2.3.6) */
     if (d->p.server_no_context)
         deflateReset(&d->zs);
     /* even a message that does not shrink goes out compressed: some peers
