@@ -1,7 +1,9 @@
-"""C-level tests of the HTTP/1.1 parser (src/corsac/core/parser.c).
+"""C-level tests of the HTTP/1.1 parser (src/corsac/core/parser.c) and the
+WebSocket module (src/corsac/core/ws.c).
 
-(a) builds tests/c/test_parser.c through the project's meson build with its
-    C-tests option set (see OPTION_NAMES) and runs it with `meson test parser`;
+(a) builds tests/c/test_parser.c and tests/c/test_ws.c through the project's
+    meson build with its C-tests option set (see OPTION_NAMES) and runs them
+    with `meson test parser ws`, checking each program's tally line;
 (b) the same with clang and AddressSanitizer + UndefinedBehaviorSanitizer;
 (c) builds the libFuzzer targets in tests/fuzz/ and runs each for ~5 seconds
     on a copy of its seed corpus.
@@ -19,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "src" / "corsac" / "core"
 FUZZ = Path(__file__).resolve().parent / "fuzz"
 TALLY = re.compile(r"^(\d+) passed, (\d+) failed$", re.M)
+# meson test names run by the unit-test build (each prints a tally line)
+UNIT_TESTS = ("parser", "ws")
 
 
 def _meson():
@@ -80,14 +84,28 @@ def _meson_unit_tests(tmp_path, builddir, setup_args, env):
     rc, out = _run(meson + ["setup", str(build), f"-D{option}=true"] + setup_args,
                    timeout=180, cwd=ROOT, env=env)
     assert rc == 0, f"meson setup failed:\n{out[-6000:]}"
-    rc, out = _run(meson + ["test", "-C", str(build), "--print-errorlogs", "parser"],
+    rc, out = _run(meson + ["test", "-C", str(build), "--print-errorlogs", *UNIT_TESTS],
                    timeout=240, cwd=ROOT, env=env)
     log = build / "meson-logs" / "testlog.txt"
     text = log.read_text(errors="replace") if log.exists() else ""
     assert rc == 0, f"meson test failed:\n{out[-8000:]}"
-    m = TALLY.search(text)
-    assert m, f"test_parser did not print its tally line:\n{text[-4000:]}"
-    assert int(m.group(1)) > 0 and m.group(2) == "0", m.group(0)
+    tallies = _tallies(text)
+    for name in UNIT_TESTS:
+        assert name in tallies, f"test {name!r} did not print its tally line:\n{text[-4000:]}"
+        passed, failed = tallies[name]
+        assert passed > 0 and failed == 0, f"{name}: {passed} passed, {failed} failed"
+
+
+def _tallies(text):
+    """{test name: (passed, failed)} from a meson testlog.txt, whose sections
+    start with a line "test:  <project>:<name>" followed by the output."""
+    found = {}
+    parts = re.split(r"^test:\s+(\S+)\s*$", text, flags=re.M)
+    for name, body in zip(parts[1::2], parts[2::2]):
+        m = TALLY.search(body)
+        if m:
+            found[name.rsplit(":", 1)[-1]] = (int(m.group(1)), int(m.group(2)))
+    return found
 
 
 def test_parser_units_meson(tmp_path):
@@ -104,15 +122,23 @@ def test_parser_units_meson_clang_sanitizers(tmp_path):
                       ["-Db_sanitize=address,undefined", "-Db_lundef=false"], env)
 
 
-@pytest.mark.parametrize("target", ["parser", "chunked"])
+# Extra sources and libraries each fuzz target links beyond parser.c.
+FUZZ_EXTRA = {
+    "ws": (["ws.c", "log.c"], ["-lz", "-lcrypto"]),
+}
+
+
+@pytest.mark.parametrize("target", ["parser", "chunked", "ws"])
 def test_fuzz_smoke(tmp_path, target):
     clang = shutil.which("clang")
     if clang is None:
         pytest.skip("clang not installed: libFuzzer targets skipped")
     exe = tmp_path / f"fuzz_{target}"
+    extra_src, libs = FUZZ_EXTRA.get(target, ([], []))
     rc, out = _run([clang, "-fsanitize=fuzzer,address,undefined",
                     "-fno-sanitize-recover=undefined", "-g", "-O1", f"-I{CORE}",
-                    str(FUZZ / f"fuzz_{target}.c"), str(CORE / "parser.c"), "-o", str(exe)],
+                    str(FUZZ / f"fuzz_{target}.c"), str(CORE / "parser.c"),
+                    *[str(CORE / f) for f in extra_src], "-o", str(exe), *libs],
                    timeout=120, cwd=tmp_path)
     assert rc == 0, f"building fuzz_{target} failed:\n{out[-6000:]}"
     corpus = tmp_path / "corpus"
