@@ -38,6 +38,15 @@ The apps are the ones in tests/apps, reached through a small dispatcher module
 its own (many/long response headers, >64-item bodies, an app that keeps
 wsgi.input and write() past the end of its request...).
 
+The second half of the file does the same for the ASGI worker and WebSockets: the sanitized
+server on tests/apps/sanitizer_asgi_app.py (--interface asgi), once with --loop asyncio and once
+with --loop uvloop (skipped if uvloop does not run under the sanitizer runtime): HTTP through the
+ASGI bridge (keep-alive, streamed bodies both ways, disconnects, pipelining, a slow reader,
+malformed requests) and WebSockets (echo with and without permessage-deflate, fragments, 50
+concurrent sessions, both closing sides, app errors, dropped clients, raw protocol violations,
+garbage deflate data, --ws-max-size, pings, a client that never reads), then SIGTERM with
+sessions open.
+
 Set CORSAC_SANITIZER_CC=clang to build with clang instead of gcc."""
 import hashlib
 import os
@@ -1259,3 +1268,814 @@ def test_zz_sigterm_clean_exit(san):
     assert not DEATH_RE.search(log), log[-6000:]
     assert rc == 0, f"exit code {rc}:\n{log[-6000:]}"
     assert slow.get("status") == 200, slow
+
+
+# =========================================================================== ASGI and WebSocket
+#
+# The same sanitized build, serving tests/apps/sanitizer_asgi_app.py with --interface asgi: once
+# on the asyncio loop and once on uvloop (skipped when uvloop does not run under the sanitizer
+# runtime).  HTTP through the ASGI bridge (asgi.c), and WebSockets: framing and permessage-deflate
+# (ws.c), sessions (conn.c) and the bridge (asgi.c), driven by the `websockets` client and by raw
+# sockets for what a library would never send.  The app writes what it saw to a record file; each
+# test asserts the behaviour (status, echo, close codes, what the app heard) and, through the
+# `a` fixture, that the server is alive with a clean log before and after it.
+
+ASGI_APP = "sanitizer_asgi_app:app"
+WS_MAX = 2 << 20                    # --ws-max-size: 1 MiB echoes pass, 3 MiB messages get 1009
+WS_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+class ASan:
+    """The sanitized ASGI server of one loop, plus the app's record file."""
+
+    def __init__(self, server, loop, record):
+        self.server = server
+        self.loop = loop
+        self.threads = f"asgi/{loop}"        # how the shared helpers name this server
+        self.record = record
+
+    @property
+    def ws_url(self):
+        return f"ws://{self.server.host}:{self.server.port}"
+
+    def records(self):
+        try:
+            return self.record.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def wait_record(self, prefix, timeout=10.0):
+        """The first record line starting with prefix (waits for it); fails with the record."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.records():
+                if line.startswith(prefix):
+                    return line
+            if time.monotonic() > deadline:
+                pytest.fail(f"the app never recorded {prefix!r}; record:\n" + "\n".join(self.records()[-40:])
+                            + "\nlog:\n" + self.server.log()[-3000:], pytrace=False)
+            time.sleep(0.02)
+
+
+def _uvloop_usable(sanitized):
+    """Can uvloop run a loop in a process with the sanitizer runtimes preloaded?"""
+    probe = ("import asyncio, uvloop; l = uvloop.new_event_loop(); "
+             "print(l.run_until_complete(asyncio.sleep(0.01, result='ok')))")
+    try:
+        r = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, **sanitized),
+                           capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return False, "the probe timed out"
+    if r.returncode or r.stdout.strip() != "ok" or sanitizer_report(r.stderr):
+        return False, f"rc {r.returncode}: {r.stderr[-1500:]}"
+    return True, ""
+
+
+def asgi_healthy(a, what=""):
+    log = a.server.log()
+    rep = sanitizer_report(log)
+    if rep:
+        pytest.fail(f"sanitizer report ({a.threads}) {what}:\n{rep}", pytrace=False)
+    assert "ERROR: AddressSanitizer" not in log and "runtime error:" not in log
+    death = DEATH_RE.search(log)
+    if a.server.proc.poll() is not None or death:
+        pytest.fail(f"server/worker died (rc {a.server.proc.poll()}, {a.threads}) {what}:\n"
+                    f"{log[max(0, death.start() - 4000) if death else -6000:][:8000]}", pytrace=False)
+    c = Conn(a)
+    try:
+        c.send(req("GET", "/health", [b"Connection: close"]))
+        r = c.response()
+        assert r.status == 200 and r.body == b"ok", r
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def asan(request, sanitized, tmp_path_factory):
+    loop = request.param
+    if loop == "uvloop":
+        ok, why = _uvloop_usable(sanitized)
+        if not ok:
+            pytest.skip(f"uvloop does not run under the sanitizer runtime: {why}")
+    tmp = tmp_path_factory.mktemp(f"asan-{loop}")
+    record = tmp / "record.txt"
+    srv = Server(ASGI_APP,
+                 ["--interface", "asgi", "--loop", loop, "--header-read-timeout", "1",
+                  "--body-read-timeout", "2", "--graceful-timeout", "5", "--limit-request-body", str(8 << 20),
+                  "--ws-max-size", str(WS_MAX), "--ws-ping-interval", "0.2"],
+                 env=dict(sanitized, CORSAC_TEST_RECORD=str(record)), tmp_path=tmp, wait=False)
+    try:
+        srv.wait_listening(timeout=60)
+    except RuntimeError as e:
+        srv.stop()
+        pytest.fail(f"sanitized ASGI server ({loop}) did not start: {e}")
+    a = ASan(srv, loop, record)
+    assert f"asgi, {loop} event loop" in srv.log() or loop == "asyncio", srv.log()[-2000:]
+    yield a
+    rc = srv.stop()
+    rep = sanitizer_report(srv.log())
+    if rep:
+        pytest.fail(f"sanitizer report ({a.threads}) at shutdown (rc {rc}):\n{rep}", pytrace=False)
+
+
+@pytest.fixture
+def a(asan):
+    log = asan.server.log()
+    if asan.server.proc.poll() is not None or sanitizer_report(log) or DEATH_RE.search(log):
+        pytest.fail(f"the sanitized ASGI server ({asan.loop}) failed in an earlier test "
+                    f"(rc {asan.server.proc.poll()}):\n{sanitizer_report(log) or log[-6000:]}", pytrace=False)
+    yield asan
+    asgi_healthy(asan)
+
+
+# --------------------------------------------------------------------------- raw WebSocket helpers
+
+
+def _mask(payload, key):
+    n = len(payload)
+    if not n:
+        return b""
+    k = int.from_bytes((key * (n // 4 + 1))[:n], "big")
+    return (int.from_bytes(payload, "big") ^ k).to_bytes(n, "big")
+
+
+def wsf(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None):
+    """One client frame (masked unless mask=False); length= lies about the payload length."""
+    n = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    m = 0x80 if mask else 0
+    if n < 126:
+        head = bytes([b0, m | n])
+    elif n < 65536:
+        head = bytes([b0, m | 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([b0, m | 127]) + struct.pack("!Q", n)
+    if mask:
+        key = os.urandom(4)
+        return head + key + _mask(payload, key)
+    return head + payload
+
+
+def ws_open(a, path, extensions=None, timeout=10, rcvbuf=None):
+    """A raw connection through the handshake; returns (conn, response headers)."""
+    c = Conn(a, timeout=timeout, rcvbuf=rcvbuf)
+    hdrs = [b"Upgrade: websocket", b"Connection: Upgrade", b"Sec-WebSocket-Version: 13",
+            b"Sec-WebSocket-Key: " + WS_KEY]
+    if extensions:
+        hdrs.append(b"Sec-WebSocket-Extensions: " + extensions)
+    c.send(req("GET", path, hdrs))
+    status, headers = c.head()
+    assert status == 101, (path, status, headers)
+    assert headers.get("sec-websocket-accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", headers
+    return c, headers
+
+
+def ws_read(c):
+    """One server frame: (fin, rsv, opcode, payload)."""
+    b0, b1 = c._take(2)
+    assert not b1 & 0x80, "the server masked a frame"
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", c._take(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", c._take(8))[0]
+    return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F, c._take(n)
+
+
+def ws_close_code(c):
+    """Reads frames up to the server's close frame; its code (1005 when empty), then expects TCP close."""
+    while True:
+        fin, rsv, op, payload = ws_read(c)
+        if op == 8:
+            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+            assert c.server_closed(timeout=5), "the server kept the connection after its close frame"
+            return code
+
+
+def ws_connect(a, path, **kw):
+    from websockets.sync.client import connect
+    kw.setdefault("max_size", None)
+    kw.setdefault("open_timeout", 10)
+    kw.setdefault("close_timeout", 5)
+    return connect(a.ws_url + path, **kw)
+
+
+def ws_closed_code(ws, timeout=5):
+    """The close code the server sent, waiting for the connection to close."""
+    from websockets.exceptions import ConnectionClosed
+    try:
+        while True:
+            ws.recv(timeout=timeout)
+    except ConnectionClosed as e:
+        return e.rcvd.code if e.rcvd else None, e.rcvd.reason if e.rcvd else None
+
+
+# --------------------------------------------------------------------------- ASGI HTTP
+
+
+def test_asgi_http_keepalive_and_streamed_bodies(a):
+    rnd = random.Random(11)
+    data = rnd.randbytes(300000)
+    c = Conn(a)
+    for i in range(20):
+        c.send(req("GET", f"/health?i={i}", [b"X-A: 1", b"Cookie: a=b", b"X-Long: " + b"v" * 3000]))
+        r = c.response()
+        assert r.status == 200 and r.body == b"ok"
+    plan = [
+        (req("POST", "/echo", body=b"hello"), lambda r: r.body == b"hello"),
+        (req("POST", "/echo", body=data), lambda r: r.body == data),
+        (req("POST", "/echo", [b"Transfer-Encoding: chunked"], chunked(data, ext=True)), lambda r: r.body == data),
+        (req("POST", "/echo-stream", [b"Transfer-Encoding: chunked"], chunked(data)), lambda r: r.body == data),
+        (req("POST", "/echo-stream", body=data), lambda r: r.body == data),
+        (req("POST", "/echo", [b"Transfer-Encoding: chunked"], b"0\r\n\r\n"), lambda r: r.body == b""),
+        (req("POST", "/sha", [b"Transfer-Encoding: chunked"], chunked(data, sizes=(1, 3, 16384))),
+         lambda r: r.body == b"%d %s" % (len(data), sha(data).encode())),
+        (req("GET", "/stream?n=300&size=100"), lambda r: len(r.body) == 30000 and r.body[:100] == b"a" * 100),
+        (req("GET", "/stream?n=5&size=200000"), lambda r: len(r.body) == 1000000),
+        (req("GET", "/big?n=1000000&tag=ka-big"), lambda r: r.body == b"x" * 1000000),
+        (req("HEAD", "/big?n=70000&tag=ka-head"), None),
+        (req("GET", "/slow?s=0.05"), lambda r: r.body == b"slow done"),
+        (req("GET", "/raise"), lambda r: r.status == 500),
+        (req("GET", "/nothing"), lambda r: r.status == 404),
+    ]
+    for data_, check in plan:
+        c.send(data_)
+        r = c.response(head_request=data_.startswith(b"HEAD"))
+        if check is None:
+            assert r.status == 200 and r.body == b"", r
+        else:
+            assert check(r), (data_[:60], r)
+        if r.headers.get("connection") == "close":
+            c.close()
+            c = Conn(a)
+    # a body streamed in pieces with pauses, chunked and with Content-Length: the app reads as it comes
+    for framing in ("chunked", "cl"):
+        body = rnd.randbytes(200000)
+        if framing == "chunked":
+            c.send(req("POST", "/sha?tag=stream-" + framing, [b"Transfer-Encoding: chunked"]))
+            wire = chunked(body, sizes=(5000, 20000, 1))
+        else:
+            c.send(req("POST", "/sha?tag=stream-" + framing, cl=len(body)))
+            wire = body
+        for i in range(0, len(wire), 25000):
+            c.send(wire[i:i + 25000])
+            time.sleep(0.02)
+        r = c.response()
+        assert r.body == b"%d %s" % (len(body), sha(body).encode()), r
+    c.close()
+    import httpx
+    with httpx.Client(base_url=a.server.url, timeout=10) as h:
+        for _ in range(3):
+            assert h.post("/echo", content=iter([b"q" * 5000] * 10)).content == b"q" * 50000
+            assert h.get("/stream?n=20&size=3").content == b"".join(bytes([97 + i]) * 3 for i in range(20))
+
+
+def test_asgi_http_disconnects(a):
+    """Clients gone mid-response (reset and FIN) and mid-body (Content-Length and chunked)."""
+    for i, how in enumerate(("reset", "close", "reset", "close")):
+        c = Conn(a, rcvbuf=8192)
+        c.send(req("GET", f"/big?n={64 << 20}&tag=mid-resp-{i}"))
+        c._more(1000)
+        c.reset() if how == "reset" else c.close()
+        assert a.wait_record(f"mid-resp-{i} big") == f"mid-resp-{i} big raised ClientDisconnected"
+    for i, how in enumerate(("reset", "close")):
+        c = Conn(a)
+        c.send(req("POST", f"/sha?tag=mid-body-cl-{i}", cl=1 << 20) + b"b" * 100000)
+        time.sleep(0.1)
+        c.reset() if how == "reset" else c.close()
+        assert a.wait_record(f"mid-body-cl-{i} sha").startswith(f"mid-body-cl-{i} sha disconnect")
+        c = Conn(a)
+        c.send(req("POST", f"/sha?tag=mid-body-ch-{i}", [b"Transfer-Encoding: chunked"])
+               + b"4000\r\n" + b"c" * 0x4000 + b"\r\n1000\r\n" + b"c" * 100)   # mid-chunk
+        time.sleep(0.1)
+        c.reset() if how == "reset" else c.close()
+        assert a.wait_record(f"mid-body-ch-{i} sha").startswith(f"mid-body-ch-{i} sha disconnect")
+        c = Conn(a)        # streamed response while the body still streams in, then gone
+        c.send(req("POST", f"/echo-stream?tag=mid-es-{i}", cl=1 << 20) + b"e" * 50000)
+        c.head()
+        c.reset() if how == "reset" else c.close()
+        assert a.wait_record(f"mid-es-{i} echo-stream") in (f"mid-es-{i} echo-stream disconnect",
+                                                            f"mid-es-{i} echo-stream raised ClientDisconnected")
+    # a half-close after a complete request still gets its answer
+    c = Conn(a)
+    c.send(req("POST", "/echo", body=b"half"))
+    c.s.shutdown(socket.SHUT_WR)
+    assert c.response().body == b"half"
+    c.close()
+
+
+def test_asgi_http_pipelined(a):
+    body = bytes(range(256)) * 400
+    reqs = [
+        (req("GET", "/health"), False), (req("POST", "/echo", body=b"hello"), False),
+        (req("POST", "/echo", [b"Transfer-Encoding: chunked"], chunked(b"chunky" * 1000, ext=True)), False),
+        (req("HEAD", "/big?n=70000"), True), (req("GET", "/stream?n=30&size=7"), False),
+        (req("POST", "/echo", body=body), False), (req("POST", "/sha", body=body), False),
+        (req("GET", "/raise"), False), (req("GET", "/big?n=200000"), False),
+        # last: a response that starts before its body is all in keeps no keep-alive
+        (req("POST", "/echo-stream", [b"Transfer-Encoding: chunked"], chunked(body, sizes=(3000, 1, 50000))),
+         False),
+    ]
+    blob = b"".join(r for r, _ in reqs)
+    for mode in ("at-once", "dribble"):
+        c = Conn(a, timeout=10)
+        if mode == "at-once":
+            c.send(blob)
+        else:
+            threading.Thread(target=_dribble, args=(c, blob), daemon=True).start()
+        got = []
+        try:
+            for _, h in reqs:
+                got.append(c.response(head_request=h))
+        except (OSError, EOFError) as e:
+            pytest.fail(f"{mode}: {e!r} after {len(got)} of {len(reqs)} responses: {got[-1:]}")
+        assert c.server_closed()
+        c.close()
+        assert [r.status for r in got] == [200] * 7 + [500, 200, 200], got
+        assert got[1].body == b"hello" and got[2].body == b"chunky" * 1000
+        assert got[3].body == b"" and got[3].headers.get("content-length") == "70000"
+        assert got[5].body == body and got[6].body == b"%d %s" % (len(body), sha(body).encode())
+        assert got[8].body == b"x" * 200000 and got[9].body == body
+
+
+def test_asgi_http_pipelined_big_second_response(a):
+    """A pipelined request whose response goes over the 256 KiB backpressure mark (the app's
+    send has to wait for the socket) behind an answered one: every response must arrive."""
+    for first, n in (("/health", 300000), ("/raise", 300000), ("/health", 1 << 20)):
+        c = Conn(a, timeout=5)
+        c.send(req("GET", first) + req("GET", f"/big?n={n}&tag=pipe-big-{first[1:]}-{n}") + req("GET", "/health"))
+        got = []
+        try:
+            for _ in range(3):
+                got.append(c.response())
+        except (OSError, EOFError) as e:
+            pytest.fail(f"{first} then /big?n={n} pipelined: {e!r} after {len(got)} of 3 responses "
+                        f"({[r.status for r in got]}); app record: "
+                        f"{[x for x in a.records() if x.startswith('pipe-big')]}", pytrace=False)
+        finally:
+            c.close()
+        assert [r.status for r in got] == [200 if first == "/health" else 500, 200, 200]
+        assert got[1].body == b"x" * n and got[2].body == b"ok"
+
+
+def test_asgi_http_slow_reader(a):
+    """A small receive window read slowly: the app's sends wait (backpressure) and resume."""
+    n = 4 << 20
+    c = Conn(a, rcvbuf=16384, timeout=10)
+    c.send(req("GET", f"/big?n={n}&tag=slow-reader"))
+    status, headers = c.head()
+    assert status == 200 and headers["content-length"] == str(n)
+    got = len(c.buf)
+    c.buf.clear()
+    t0 = time.monotonic()
+    while got < n:
+        b = c.s.recv(32768)
+        assert b, f"EOF after {got} of {n} bytes"
+        got += len(b)
+        if time.monotonic() - t0 < 2.5:
+            time.sleep(0.01)          # slow for a while (under --body-read-timeout), then drain
+    assert got == n
+    assert a.wait_record("slow-reader big") == "slow-reader big done"
+    c.close()
+
+
+def test_asgi_http_malformed(a):
+    bad = [
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\n",
+        b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", b"GET / HTTP/1.1\r\n: empty\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\n folded: 1\r\n\r\n", b"\r\n\r\n\r\n", b"GARBAGE\r\n\r\n",
+        b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\n" + b"X-H: v\r\n" * 300 + b"\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n",
+        b"GET /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: " + WS_KEY + b"\r\n\r\n",
+        b"POST /ws/echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + WS_KEY + b"\r\nContent-Length: 2\r\n\r\nhi",
+    ]
+    for data in bad:
+        out = exchange(a, data, timeout=4, shut=True)
+        st = status_of(out)
+        assert st in (0, 400, 404, 413, 414, 426, 431, 505, 200), (data[:80], out[:200])
+        assert st or data.strip() == b"", (data[:80], out[:200])
+        assert st != 200 or data.startswith(b"GET /health"), (data[:80], out[:200])
+    # the version other than 13 -> 426 naming 13
+    out = exchange(a, bad[-2], timeout=4)
+    assert status_of(out) == 426 and b"Sec-WebSocket-Version: 13" in out, out[:300]
+    rnd = random.Random(77)
+    seeds = [req("POST", "/echo", [b"Transfer-Encoding: chunked"], chunked(b"hello world" * 20, ext=True)),
+             req("POST", "/sha", body=b"a\nbb\nccc\n"), req("GET", "/stream?n=3&size=2") + req("GET", "/health"),
+             req("GET", "/ws/echo", [b"Upgrade: websocket", b"Connection: Upgrade", b"Sec-WebSocket-Version: 13",
+                                     b"Sec-WebSocket-Key: " + WS_KEY]) + wsf(1, b"hi") + wsf(8, b"\x03\xe8")]
+    for _ in range(100):
+        data = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 4)):
+            op, pos = rnd.randrange(4), rnd.randrange(len(data))
+            if op == 0:
+                data[pos] = rnd.randrange(256)
+            elif op == 1:
+                del data[pos:pos + rnd.randint(1, 8)]
+            elif op == 2:
+                data[pos:pos] = rnd.choice([b"\r\n", b"\n", b"\x00", b":", b" ", b"0", b"f" * 20, b"\r\n\r\n", b";"])
+            else:
+                data[pos:pos] = data[pos:pos + rnd.randint(1, 40)]
+        exchange(a, bytes(data), timeout=3, shut=True)
+    asgi_healthy(a, "after the mutated requests")
+
+
+# --------------------------------------------------------------------------- WebSocket
+
+
+def test_ws_echo_sizes_fragments_compression(a):
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+    rnd = random.Random(21)
+    big_bytes = rnd.randbytes(1 << 20)
+    big_text = "".join(rnd.choice("corsac websocket \u00e9\u4e2d\U0001f600") for _ in range(400000))
+    variants = {
+        "deflate": dict(),                          # the library default: permessage-deflate
+        "off": dict(compression=None),
+        "no-takeover": dict(compression=None, extensions=[ClientPerMessageDeflateFactory(
+            server_no_context_takeover=True, client_no_context_takeover=True,
+            server_max_window_bits=10, client_max_window_bits=9)]),
+    }
+    for name, kw in variants.items():
+        with ws_connect(a, f"/ws/echo?tag=echo-{name}", **kw) as ws:
+            ext = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+            assert ("permessage-deflate" in ext) == (name != "off"), (name, ext)
+            if name == "no-takeover":
+                assert "server_no_context_takeover" in ext and "server_max_window_bits=10" in ext, ext
+            # (empty messages mid-stream: test_ws_empty_message_compressed)
+            for msg in ["", "hi", "\u00e9\u4e2d\U0001f600" * 50, b"\x00\xff" * 70, "x" * 125, "y" * 126,
+                        b"z" * 65535, b"z" * 65536, "repeat " * 5000]:
+                ws.send(msg)
+                assert ws.recv(timeout=10) == msg, (name, msg[:20])
+            for msg in (big_bytes, big_text, b"\x00" * (1 << 20)):
+                ws.send(msg)
+                assert ws.recv(timeout=15) == msg, (name, len(msg))
+            # fragmented sends (text and binary, with a ping between fragments)
+            ws.send(iter(["frag-", "\u00e9", "", "end"]))
+            assert ws.recv(timeout=10) == "frag-\u00e9end"
+            parts = [rnd.randbytes(rnd.randint(0, 70000)) for _ in range(12)]
+            ws.send(iter(parts))
+            assert ws.recv(timeout=10) == b"".join(parts)
+            assert ws.ping(b"mid").wait(5)
+            ws.close(4321, "bye from the client")
+            assert ws.protocol.close_rcvd.code == 4321
+        assert a.wait_record(f"echo-{name} disconnect") == f"echo-{name} disconnect 4321 after 14"
+    # a raw client splits a text message's UTF-8 sequence across fragments, with a ping in between
+    c, _ = ws_open(a, "/ws/echo?tag=raw-frag")
+    c.send(wsf(1, "ab\u20ac".encode()[:3], fin=False) + wsf(9, b"p") + wsf(0, "\u20ac".encode()[1:], fin=False)
+           + wsf(0, b"", fin=False) + wsf(0, b"cd"))
+    seen = [ws_read(c) for _ in range(2)]
+    assert (True, 0, 10, b"p") in seen and (True, 0, 1, "ab\u20accd".encode()) in seen, seen
+    c.send(wsf(8, struct.pack("!H", 1000) + b"ok"))
+    assert ws_close_code(c) == 1000
+    c.close()
+    assert a.wait_record("raw-frag disconnect") == "raw-frag disconnect 1000 after 1"
+
+
+def test_ws_empty_message_compressed(a):
+    """An empty message after others, with permessage-deflate and context takeover: the compressed
+    payload must still be a valid deflate block (RFC 7692 7.2.3.6: a single 0x00 byte), not
+    nothing, or the client's inflater (which appends 00 00 FF FF) reads garbage."""
+    import zlib
+    c, h = ws_open(a, "/ws/echo?tag=empty-z", extensions=b"permessage-deflate")
+    assert "permessage-deflate" in h.get("sec-websocket-extensions", ""), h
+    d = zlib.decompressobj(wbits=-15)
+    for op, msg in [(1, b""), (1, b"hi"), (2, b""), (2, b""), (2, b"\x00\xff" * 70), (1, b""), (1, b"abc")]:
+        c.send(wsf(op, msg))
+        fin, rsv, opc, payload = ws_read(c)
+        assert opc == op
+        if rsv & 4:
+            try:
+                got = d.decompress(payload + b"\x00\x00\xff\xff")
+            except zlib.error as e:
+                pytest.fail(f"after an empty message the server's compressed stream is broken: {e} "
+                            f"(frame payload {payload.hex()!r} for {msg[:20]!r})")
+        else:
+            got = payload
+        assert got == msg, (msg[:20], payload.hex())
+    c.send(wsf(8, b"\x03\xe8"))
+    assert ws_close_code(c) == 1000
+    c.close()
+    # and through the library client
+    with ws_connect(a, "/ws/echo?tag=empty-lib") as ws:
+        for msg in ("a", "", "", b"", b"b", "", "c"):
+            ws.send(msg)
+            assert ws.recv(timeout=5) == msg
+    assert a.wait_record("empty-lib disconnect") == "empty-lib disconnect 1000 after 7"
+
+
+def test_ws_concurrent_echo(a):
+    """50 connections at once, echoing messages of mixed sizes, half of them compressed."""
+    errors, n = [], 50
+
+    def client(i):
+        rnd = random.Random(i)
+        try:
+            kw = {} if i % 2 else {"compression": None}
+            with ws_connect(a, f"/ws/echo?tag=conc-{i}", **kw) as ws:
+                for k in range(20):
+                    msg = rnd.randbytes(rnd.choice((1, 100, 5000, 70000))) if k % 2 else "t%d-%d " % (i, k) * 50
+                    ws.send(msg)
+                    if ws.recv(timeout=15) != msg:
+                        errors.append((i, k, "wrong echo"))
+                ws.close(1000)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append((i, repr(e)))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:5]
+    for i in range(n):
+        assert a.wait_record(f"conc-{i} disconnect") == f"conc-{i} disconnect 1000 after 20"
+
+
+def test_ws_close_paths(a):
+    # client-initiated, with and without a code
+    with ws_connect(a, "/ws/echo?tag=cc-1") as ws:
+        ws.send("x")
+        assert ws.recv(timeout=5) == "x"
+        ws.close(3001, "r" * 100)
+    assert a.wait_record("cc-1 disconnect") == "cc-1 disconnect 3001 after 1"
+    c, _ = ws_open(a, "/ws/echo?tag=cc-2")
+    c.send(wsf(8, b""))
+    assert ws_close_code(c) == 1005
+    c.close()
+    assert a.wait_record("cc-2 disconnect") == "cc-2 disconnect 1005 after 0"
+    # app-initiated
+    with ws_connect(a, "/ws/close?tag=ac-1&code=4000&reason=done") as ws:
+        assert ws.recv(timeout=5) == "closing"
+        assert ws_closed_code(ws) == (4000, "done")
+    assert a.wait_record("ac-1 after-close") == "ac-1 after-close websocket.disconnect 4000"
+    c, _ = ws_open(a, "/ws/close?tag=ac-2&code=1000&reason=" + "z" * 120)
+    assert ws_read(c)[2:] == (1, b"closing")
+    fin, rsv, op, payload = ws_read(c)
+    assert op == 8 and payload[:2] == b"\x03\xe8" and len(payload) <= 125, payload
+    c.send(wsf(8, payload[:2]))
+    assert c.server_closed(timeout=5)
+    c.close()
+    a.wait_record("ac-2 after-close")
+    # the app raises after accept -> 1011, and the traceback is logged
+    with ws_connect(a, "/ws/raise") as ws:
+        assert ws.recv(timeout=5) == "hello"
+        ws.send("boom")
+        assert ws_closed_code(ws)[0] == 1011
+    deadline = time.monotonic() + 5
+    while "corsac-sanitizer-ws raise after accept" not in a.server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "corsac-sanitizer-ws raise after accept" in a.server.log()
+
+
+def test_ws_client_drops_mid_message(a):
+    """Handshake, then half a frame (or half a fragmented message), then TCP gone: 1006 for the app."""
+    cases = {
+        "half-frame-fin": lambda c: c.send(wsf(2, b"h" * 1000)[:520]),
+        "half-header": lambda c: c.send(wsf(2, b"h" * 70000)[:3]),
+        "half-big-frame": lambda c: c.send(wsf(1, b"t" * 200000)[:100000]),
+        "half-fragments": lambda c: c.send(wsf(1, b"first", fin=False) + wsf(0, b"second", fin=False)),
+        "half-utf8": lambda c: c.send(wsf(1, "\u20ac".encode()[:2], fin=False)),
+        "half-close": lambda c: c.send(wsf(8, b"\x03\xe8bye")[:4]),
+    }
+    for k, (name, send_half) in enumerate(cases.items()):
+        c, _ = ws_open(a, f"/ws/echo?tag=drop-{name}")
+        c.send(wsf(1, b"whole"))
+        assert ws_read(c)[2:] == (1, b"whole")
+        send_half(c)
+        time.sleep(0.05)
+        c.reset() if k % 2 else c.close()
+        assert a.wait_record(f"drop-{name} disconnect") == f"drop-{name} disconnect 1006 after 1"
+    # and one with compression negotiated, cut inside a compressed frame
+    c, h = ws_open(a, "/ws/echo?tag=drop-deflate", extensions=b"permessage-deflate")
+    assert "permessage-deflate" in h.get("sec-websocket-extensions", "")
+    import zlib
+    z = zlib.compressobj(wbits=-15)
+    packed = z.compress(random.Random(3).randbytes(50000)) + z.flush(zlib.Z_SYNC_FLUSH)
+    c.send(wsf(2, packed[:-4], rsv=4)[:len(packed) // 2])
+    time.sleep(0.05)
+    c.close()
+    assert a.wait_record("drop-deflate disconnect") == "drop-deflate disconnect 1006 after 0"
+
+
+WS_VIOLATIONS = [  # (name, frames after the handshake, close code the server must send)
+    ("unmasked", wsf(1, b"hello", mask=False), 1002),
+    ("unmasked-after-fragment", wsf(1, b"a", fin=False) + wsf(0, b"b", mask=False), 1002),
+    ("opcode-3", wsf(3, b"x"), 1002),
+    ("opcode-7", wsf(7, b""), 1002),
+    ("opcode-11", wsf(11, b"ctl"), 1002),
+    ("rsv1-no-ext", wsf(1, b"x", rsv=4), 1002),
+    ("rsv2", wsf(2, b"x", rsv=2), 1002),
+    ("rsv3", wsf(2, b"x", rsv=1), 1002),
+    ("bad-utf8", wsf(1, b"ok \xc3\x28 bad"), 1007),
+    ("bad-utf8-overlong", wsf(1, b"\xc0\xaf"), 1007),
+    ("bad-utf8-surrogate", wsf(1, b"\xed\xa0\x80"), 1007),
+    ("bad-utf8-fragmented", wsf(1, b"\xf0\x9f", fin=False) + wsf(0, b"\x98"), 1007),
+    ("bad-utf8-close-reason", wsf(8, b"\x03\xe8\xff\xfe"), 1007),
+    ("ping-126", wsf(9, b"p" * 126), 1002),
+    ("close-126", wsf(8, b"\x03\xe8" + b"r" * 124), 1002),
+    ("pong-64k-len", wsf(10, b"q" * 70000), 1002),
+    ("fragmented-ping", wsf(9, b"p", fin=False), 1002),
+    ("close-1-byte", wsf(8, b"\x03"), 1002),
+    ("close-999", wsf(8, struct.pack("!H", 999)), 1002),
+    ("close-1005", wsf(8, struct.pack("!H", 1005)), 1002),
+    ("close-1006", wsf(8, struct.pack("!H", 1006)), 1002),
+    ("close-2000", wsf(8, struct.pack("!H", 2000)), 1002),
+    ("continuation-first", wsf(0, b"orphan"), 1002),
+    ("data-inside-fragmented", wsf(1, b"a", fin=False) + wsf(2, b"b"), 1002),
+    ("len-64bit-msb", bytes([0x82, 0xFF]) + b"\x80" + b"\x00" * 7 + b"mask", 1002),
+    ("over-max-size-header", bytes([0x82, 0xFF]) + struct.pack("!Q", 1 << 40) + b"mask", 1009),
+]
+
+
+@pytest.mark.parametrize("name,frames,code", WS_VIOLATIONS, ids=[v[0] for v in WS_VIOLATIONS])
+def test_ws_protocol_violations(a, name, frames, code):
+    c, _ = ws_open(a, f"/ws/echo?tag=viol-{name}")
+    c.send(wsf(1, b"fine"))
+    assert ws_read(c)[2:] == (1, b"fine")
+    try:
+        c.send(frames + wsf(1, b"after the violation"))
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert ws_close_code(c) == code
+    c.close()
+    assert a.wait_record(f"viol-{name} disconnect") == f"viol-{name} disconnect {code} after 1"
+
+
+def test_ws_garbage_deflate(a):
+    """permessage-deflate negotiated by hand; RSV1 frames whose payload is not deflate data."""
+    import zlib
+    rnd = random.Random(99)
+    cases = [("rand-%d" % i, wsf(2 if i % 2 else 1, rnd.randbytes(rnd.choice((1, 7, 100, 5000, 70000))), rsv=4))
+             for i in range(8)]
+    cases.append(("reserved-block", wsf(2, b"\x07" + rnd.randbytes(300), rsv=4)))
+    z = zlib.compressobj(wbits=-15)
+    good = z.compress(b"valid start " * 100) + z.flush(zlib.Z_SYNC_FLUSH)
+    cases.append(("valid-then-garbage", wsf(1, good[:-4] + b"\xff" * 50, rsv=4)))
+    cases.append(("fragmented-garbage", wsf(2, good[:-4], rsv=4, fin=False) + wsf(0, rnd.randbytes(3000))))
+    for name, frames in cases:
+        ext = b"permessage-deflate; client_max_window_bits" if len(name) % 2 else b"permessage-deflate"
+        c, h = ws_open(a, f"/ws/echo?tag=gz-{name}", extensions=ext)
+        assert "permessage-deflate" in h.get("sec-websocket-extensions", ""), h
+        # a proper compressed message first: the inflater is warm when the garbage arrives
+        zc = zlib.compressobj(wbits=-15)
+        ok = zc.compress(b"warm-up") + zc.flush(zlib.Z_SYNC_FLUSH)
+        c.send(wsf(1, ok[:-4], rsv=4))
+        fin, rsv, op, payload = ws_read(c)
+        assert op == 1 and (zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
+                            if rsv & 4 else payload) == b"warm-up"
+        try:
+            c.send(frames)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert ws_close_code(c) == 1007, name
+        c.close()
+        assert a.wait_record(f"gz-{name} disconnect") == f"gz-{name} disconnect 1007 after 1"
+    # RSV1 on a control frame is a protocol error even with the extension
+    c, _ = ws_open(a, "/ws/echo?tag=gz-ctl", extensions=b"permessage-deflate")
+    c.send(wsf(9, b"p", rsv=4))
+    assert ws_close_code(c) == 1002
+    c.close()
+    assert a.wait_record("gz-ctl disconnect") == "gz-ctl disconnect 1002 after 0"
+
+
+def test_ws_max_size(a):
+    over = WS_MAX + 1000
+    # plain, and compressed (a deflate bomb: tiny on the wire, over the limit once inflated)
+    for name, kw in (("plain", dict(compression=None)), ("deflate", dict())):
+        with ws_connect(a, f"/ws/echo?tag=max-{name}", **kw) as ws:
+            ws.send(b"\x00" * WS_MAX)                  # exactly at the limit: fine
+            assert ws.recv(timeout=15) == b"\x00" * WS_MAX
+            ws.send(b"\x00" * over)
+            assert ws_closed_code(ws, timeout=15)[0] == 1009
+        assert a.wait_record(f"max-{name} disconnect") == f"max-{name} disconnect 1009 after 1"
+    # fragmented: every fragment small, the sum over the limit
+    with ws_connect(a, "/ws/echo?tag=max-frag", compression=None) as ws:
+        ws.send(iter([b"f" * 300000] * (over // 300000 + 1)))
+        assert ws_closed_code(ws, timeout=15)[0] == 1009
+    assert a.wait_record("max-frag disconnect") == "max-frag disconnect 1009 after 0"
+
+
+def test_ws_ping_pong(a):
+    """--ws-ping-interval 0.2: the server pings; a client that answers stays; the server answers ours."""
+    c, _ = ws_open(a, "/ws/echo?tag=ping-raw")
+    pings, t0 = [], time.monotonic()
+    while len(pings) < 4:
+        fin, rsv, op, payload = ws_read(c)
+        assert op == 9 and len(payload) <= 125, (op, payload)
+        pings.append(payload)
+        c.send(wsf(10, payload))
+    assert time.monotonic() - t0 < 5 and len(set(pings)) == 4, pings
+    c.send(wsf(9, b"client-ping") + wsf(1, b"still here"))
+    got = []
+    while len(got) < 2:
+        f = ws_read(c)
+        if f[2] == 9:
+            c.send(wsf(10, f[3]))
+        else:
+            got.append(f[2:])
+    assert (10, b"client-ping") in got and (1, b"still here") in got, got
+    c.send(wsf(8, b"\x03\xe8"))
+    assert ws_close_code(c) == 1000
+    c.close()
+    assert a.wait_record("ping-raw disconnect") == "ping-raw disconnect 1000 after 1"
+    # the library client answers the pings by itself: idle for a while, then still usable
+    with ws_connect(a, "/ws/echo?tag=ping-lib") as ws:
+        time.sleep(1.2)
+        for i in range(5):
+            assert ws.ping(b"lib-%d" % i).wait(5)
+        ws.send("after idle")
+        assert ws.recv(timeout=5) == "after idle"
+    assert a.wait_record("ping-lib disconnect") == "ping-lib disconnect 1000 after 1"
+    # unsolicited pongs are ignored
+    c, _ = ws_open(a, "/ws/echo?tag=ping-unsolicited")
+    c.send(wsf(10, b"") + wsf(10, b"u" * 125) + wsf(1, b"x"))
+    while (f := ws_read(c))[2] == 9:
+        pass
+    assert f[2:] == (1, b"x")
+    c.close()
+    assert a.wait_record("ping-unsolicited disconnect") == "ping-unsolicited disconnect 1006 after 1"
+
+
+def test_ws_never_reads(a):
+    """A client that never reads while the app sends a lot: the app's send waits (backpressure),
+    and the server drops the connection after --body-read-timeout (2 s); the app's send raises."""
+    c, _ = ws_open(a, "/ws/flood?tag=flood-1&mb=400", rcvbuf=4096)
+    c2, _ = ws_open(a, "/ws/flood?tag=flood-2&mb=400", extensions=b"permessage-deflate", rcvbuf=4096)
+    t0 = time.monotonic()
+    a.wait_record("flood-1 started")
+    assert a.wait_record("flood-1 raised", timeout=15) == "flood-1 raised ClientDisconnected"
+    assert a.wait_record("flood-2 raised", timeout=15) == "flood-2 raised ClientDisconnected"
+    assert 1.5 < time.monotonic() - t0 < 15
+    assert "stopped reading; dropping the connection" in a.server.log()
+    for conn in (c, c2):
+        assert conn.server_closed(timeout=10)
+        conn.close()
+
+
+def test_zz_ws_sigterm_clean_exit(asan):
+    """Last for each server: SIGTERM with WebSockets open (library clients, a raw client mid-message,
+    a flood that the client does not read): close 1001 to each, exit 0, a clean log."""
+    a = asan
+    if a.server.proc.poll() is not None:
+        pytest.fail(f"server already dead (rc {a.server.proc.returncode}):\n"
+                    f"{sanitizer_report(a.server.log()) or a.server.log()[-6000:]}", pytrace=False)
+    import contextlib
+    stack = contextlib.ExitStack()
+    clients = [stack.enter_context(ws_connect(a, f"/ws/hold?tag=term-{i}",
+                                              **({} if i % 2 else {"compression": None})))
+               for i in range(6)]
+    for ws in clients:
+        assert ws.recv(timeout=5) == "held"
+    raw, _ = ws_open(a, "/ws/hold?tag=term-raw")
+    assert ws_read(raw)[2:] == (1, b"held")
+    raw.send(wsf(1, b"m" * 1000)[:500])
+    flood, _ = ws_open(a, "/ws/flood?tag=term-flood&mb=400", rcvbuf=4096)
+    a.wait_record("term-flood started")
+    http = Conn(a)
+    http.send(req("GET", "/health"))
+    assert http.response().status == 200
+    codes, threads = {}, []
+
+    def wait_close(i, ws):
+        codes[i] = ws_closed_code(ws, timeout=10)
+
+    for i, ws in enumerate(clients):
+        threads.append(threading.Thread(target=wait_close, args=(i, ws)))
+        threads[-1].start()
+    time.sleep(0.2)
+    rc = a.server.stop(signal.SIGTERM, timeout=20)
+    for t in threads:
+        t.join(10)
+    raw_code = None
+    try:
+        while True:
+            fin, rsv, op, payload = ws_read(raw)
+            if op == 8:
+                raw_code = struct.unpack("!H", payload[:2])[0]
+                break
+    except (OSError, EOFError, AssertionError):
+        pass
+    for conn in (raw, flood, http):
+        conn.close()
+    stack.close()
+    log = a.server.log()
+    rep = sanitizer_report(log)
+    assert rep is None, f"sanitizer report ({a.threads}) at SIGTERM:\n{rep}"
+    assert "runtime error:" not in log and "ERROR: AddressSanitizer" not in log
+    assert not DEATH_RE.search(log), log[-6000:]
+    assert rc == 0, f"exit code {rc}:\n{log[-6000:]}"
+    assert all(codes.get(i, (None,))[0] == 1001 for i in range(len(clients))), codes
+    assert raw_code == 1001, raw_code
+    for i in range(len(clients)):
+        assert a.wait_record(f"term-{i} disconnect", timeout=1) == f"term-{i} disconnect 1001 after 0"
