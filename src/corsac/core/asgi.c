@@ -1534,18 +1534,32 @@ static PyObject *on_ws_close(Cycle *cy, PyObject *msg)
             return bad_message("invalid WebSocket close code %R", code);
         }
     }
-    const char *rp = "";
-    Py_ssize_t rn = 0;
-    if (reason && reason != Py_None) {
-        if (!PyUnicode_Check(reason) || !(rp = PyUnicode_AsUTF8AndSize(reason, &rn))) {
-            PyErr_Clear();
-            return bad_message("websocket.close reason must be a str, got %R", reason);
-        }
-        if (rn > 123)
-            return bad_message("websocket.close reason is %zd bytes in UTF-8; at most 123 fit", rn);
-    }
     if (cy->gone || !r)
         return Py_NewRef(a->done_none);
+    const char *rp = "";
+    Py_ssize_t rn = 0;
+    PyObject *text = NULL;
+    if (reason && reason != Py_None && cy->ws_state == WS_OPEN) {
+        /* (a refusal sends no reason: whatever the app gave is not looked at) */
+        if (!PyUnicode_Check(reason)) {
+            /* FastAPI passes its validation errors as a list: send their text,
+             * cut to what fits at a character boundary */
+            if (!(text = PyObject_Str(reason)) || !(rp = PyUnicode_AsUTF8AndSize(text, &rn))) {
+                Py_XDECREF(text);
+                return NULL;
+            }
+            if (rn > 123) {
+                rn = 123;
+                while (rn > 0 && ((unsigned char)rp[rn] & 0xC0) == 0x80)
+                    rn--;
+            }
+        } else {
+            if (!(rp = PyUnicode_AsUTF8AndSize(reason, &rn)))
+                return NULL;
+            if (rn > 123)
+                return bad_message("websocket.close reason is %zd bytes in UTF-8; at most 123 fit", rn);
+        }
+    }
     if (cy->ws_state == WS_CONNECTING || cy->ws_state == WS_HANDSHAKE) {
         /* refused before the handshake: HTTP 403 (ASGI spec) */
         cy->ws_state = WS_REFUSED;
@@ -1555,6 +1569,7 @@ static PyObject *on_ws_close(Cycle *cy, PyObject *msg)
         cy->ws_state = WS_CLOSED;
         r->ops->ws_close(r, (int)cc, rp, (size_t)rn);
     }
+    Py_XDECREF(text);
     return Py_NewRef(a->done_none);
 }
 
