@@ -1,5 +1,5 @@
 # The two commands the README starts with, plus helpers.
-.PHONY: run test setup bench clean
+.PHONY: run test setup bench clean conformance
 
 setup:
 	./scripts/setup.sh
@@ -12,6 +12,11 @@ run: setup
 # server tests against the real corsac process.
 test: setup
 	.venv/bin/python -m pytest tests/
+
+# The whole Autobahn WebSocket suite (cases 1-13, kosoku as the fuzzing client)
+# against corsac serving tests/apps/ws_echo.py; reports in reports/autobahn/corsac/.
+conformance: setup
+	.venv/bin/python scripts/autobahn.py --cases 1-13
 
 bench:
 	./scripts/setup.sh --bench
