@@ -1272,22 +1272,30 @@ static void async_watch(cs_conn *c)
         c->broken = 1;
 }
 
+/* Write what the socket takes for a running app task: a stall clock that
+ * restarts on progress, and 1 when a send that blocked may go on (below the
+ * low mark).  -1 if the socket failed. */
+static int drain_for_app(cs_conn *c)
+{
+    size_t before = c->out_bytes;
+    if (flush_out(c) < 0)
+        return -1;
+    if (c->out_bytes < before)
+        c->deadline = cs_now_ms() + c->w->body_ms;
+    if (c->req.blocked && c->out_bytes <= OUT_LOW) {
+        c->req.blocked = 0;
+        return 1;
+    }
+    return 0;
+}
+
 static void async_io(cs_conn *c, uint32_t events)
 {
     cs_worker *w = c->w;
     int notify = 0;
-    if ((events & EPOLLOUT) && c->out_head) {
-        size_t before = c->out_bytes;
-        if (flush_out(c) < 0) {
-            conn_free(c);
-            return;
-        }
-        if (c->out_bytes < before)
-            c->deadline = cs_now_ms() + w->body_ms;
-        if (c->req.blocked && c->out_bytes <= OUT_LOW) {
-            c->req.blocked = 0;
-            notify = 1;
-        }
+    if ((events & EPOLLOUT) && c->out_head && (notify = drain_for_app(c)) < 0) {
+        conn_free(c);
+        return;
     }
     if (c->io.events & EPOLLIN) {
         if (c->raw == c->rlen && c->bpos == c->bend)
@@ -1735,18 +1743,9 @@ static void ws_io(cs_conn *c, uint32_t events)
     cs_worker *w = c->w;
     int notify = 0;
     s->kick = 0;
-    if (c->out_head) {
-        size_t before = c->out_bytes;
-        if (flush_out(c) < 0) {
-            conn_free(c);
-            return;
-        }
-        if (c->out_bytes < before)
-            c->deadline = cs_now_ms() + w->body_ms;
-        if (c->req.blocked && c->out_bytes <= OUT_LOW) {
-            c->req.blocked = 0;
-            notify = 1;
-        }
+    if (c->out_head && (notify = drain_for_app(c)) < 0) {
+        conn_free(c);
+        return;
     }
     if (s->pending_in) {
         /* frames that came with the handshake request */
