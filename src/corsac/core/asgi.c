@@ -362,8 +362,10 @@ enum { RESP_NONE, RESP_STARTED, RESP_BODY, RESP_TRAILERS, RESP_DONE };
  * received (accept, close or a denial response may follow), accepted,
  * closed by the app, refused with an HTTP response. */
 enum { WS_CONNECTING, WS_HANDSHAKE, WS_OPEN, WS_CLOSED, WS_REFUSED };
-#define WS_QUEUE_HIGH 16            /* messages held for the app before the connection stops reading */
+#define WS_QUEUE_HIGH 16            /* messages held for the app before the connection stops reading, */
 #define WS_QUEUE_LOW 4
+#define WS_QUEUE_HIGH_BYTES (1 << 20)  /* ... or this much of them */
+#define WS_QUEUE_LOW_BYTES (256 << 10)
 
 typedef struct {
     PyObject_HEAD
@@ -389,6 +391,7 @@ typedef struct {
     PyObject *ws_reason;        /* ... and reason (str) */
     PyObject *ws_queue;         /* messages the app has not received yet */
     Py_ssize_t ws_head;         /* the next one in ws_queue */
+    Py_ssize_t ws_bytes;        /* their payload size */
     cs_resp_head head;
     char *store;                /* the head's bytes */
     cs_header *hdrs;
@@ -1355,6 +1358,17 @@ static PyObject *ws_disconnect_msg(Cycle *cy)
 
 static Py_ssize_t ws_queued(Cycle *cy) { return cy->ws_queue ? PyList_GET_SIZE(cy->ws_queue) - cy->ws_head : 0; }
 
+/* The payload size of a queued websocket.receive message (characters for text). */
+static Py_ssize_t ws_weight(cs_asgi *a, PyObject *m)
+{
+    PyObject *v = PyDict_GetItemWithError(m, a->keys[K_BYTES]);
+    if (v && PyBytes_Check(v))
+        return PyBytes_GET_SIZE(v);
+    v = v ? NULL : PyDict_GetItemWithError(m, a->keys[K_TEXT]);
+    PyErr_Clear();
+    return v && PyUnicode_Check(v) ? PyUnicode_GET_LENGTH(v) : 0;
+}
+
 static PyObject *ws_try_receive(Cycle *cy, int *again)
 {
     cs_req *r = cy->req;
@@ -1366,12 +1380,13 @@ static PyObject *ws_try_receive(Cycle *cy, int *again)
     if (ws_queued(cy)) {
         PyObject *m = Py_NewRef(PyList_GET_ITEM(cy->ws_queue, cy->ws_head));
         cy->ws_head++;
+        cy->ws_bytes -= ws_weight(cy->a, m);
         if (cy->ws_head == PyList_GET_SIZE(cy->ws_queue)) {
             if (PyList_SetSlice(cy->ws_queue, 0, cy->ws_head, NULL) < 0)
                 PyErr_Clear();
             cy->ws_head = 0;
         }
-        if (cy->ws_paused && ws_queued(cy) <= WS_QUEUE_LOW && r) {
+        if (cy->ws_paused && ws_queued(cy) <= WS_QUEUE_LOW && cy->ws_bytes <= WS_QUEUE_LOW_BYTES && r) {
             cy->ws_paused = 0;
             r->ops->ws_pause(r, 0);
         }
@@ -1410,8 +1425,10 @@ static void cs_asgi_ws_message(cs_req *r, void *data, int opcode, const char *p,
     }
     if (PyList_Append(cy->ws_queue, m) < 0)
         cs_log_exception(CS_LOG_ERROR, cs_take_exception(), "ASGI: cannot queue a WebSocket message");
+    else
+        cy->ws_bytes += ws_weight(a, m);
     Py_DECREF(m);
-    if (!cy->ws_paused && ws_queued(cy) >= WS_QUEUE_HIGH) {
+    if (!cy->ws_paused && (ws_queued(cy) >= WS_QUEUE_HIGH || cy->ws_bytes >= WS_QUEUE_HIGH_BYTES)) {
         /* the app is behind: let TCP push back on the peer */
         cy->ws_paused = 1;
         r->ops->ws_pause(r, 1);
