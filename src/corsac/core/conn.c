@@ -53,14 +53,14 @@ typedef struct cs_out {
 
 #define OUT_SEGMENT 4096    /* small writes share one segment */
 
-/* A WebSocket session: prepared with the handshake, open once accepted. */
+/* A WebSocket session: prepared with the handshake, open once accepted
+ * (the connection is then in S_WS until the session is over and freed). */
 typedef struct {
     cs_ws_reader *rd;
     cs_ws_deflater *df;             /* NULL: no compression */
     cs_ws_deflate_params pmd;
     char accept[CS_WS_ACCEPT_LEN + 1];
     char ext[192];                  /* our Sec-WebSocket-Extensions answer, "" for none */
-    int open;                       /* 101 sent */
     int close_sent, close_rcvd;
     int over;                       /* handshake done or failed: the connection ends */
     int paused;                     /* the handler's queue is full: read nothing */
@@ -707,13 +707,32 @@ static size_t put(char *p, const char *s, size_t n)
 }
 #define PUTLIT(p, lit) put((p), (lit), sizeof(lit) - 1)
 
+/* Bytes "name: value\r\n" lines take for these fields. */
+static size_t fields_size(const cs_header *f, size_t n)
+{
+    size_t need = 0;
+    for (size_t i = 0; i < n; i++)
+        need += f[i].name_len + f[i].value_len + 4;
+    return need;
+}
+
+/* Write the fields as "name: value\r\n" lines; the bytes written. */
+static size_t put_fields(char *p, const cs_header *f, size_t n)
+{
+    char *start = p;
+    for (size_t i = 0; i < n; i++) {
+        p += put(p, f[i].name, f[i].name_len);
+        p += PUTLIT(p, ": ");
+        p += put(p, f[i].value, f[i].value_len);
+        p += PUTLIT(p, "\r\n");
+    }
+    return (size_t)(p - start);
+}
+
 /* Serialize the head into buf (sized by the caller via head_size). */
 static size_t head_size(const cs_resp_head *h)
 {
-    size_t n = 256 + h->reason_len;
-    for (size_t i = 0; i < h->num_headers; i++)
-        n += h->headers[i].name_len + h->headers[i].value_len + 4;
-    return n;
+    return 256 + h->reason_len + fields_size(h->headers, h->num_headers);
 }
 
 static size_t build_head(cs_conn *c, const cs_resp_head *h, const struct iovec *iov, int iovcnt, int flags,
@@ -760,14 +779,7 @@ static size_t build_head(cs_conn *c, const cs_resp_head *h, const struct iovec *
         p += PUTLIT(p, "Server: corsac\r\n");
     if (!h->has_date)
         p += put(p, http_date(), 37);
-    for (size_t i = 0; i < h->num_headers; i++) {
-        const cs_header *x = &h->headers[i];
-        p += put(p, x->name, x->name_len);
-        *p++ = ':';
-        *p++ = ' ';
-        p += put(p, x->value, x->value_len);
-        p += PUTLIT(p, "\r\n");
-    }
+    p += put_fields(p, h->headers, h->num_headers);
     if (write_cl) {
         char digits[24], *d = digits + sizeof(digits);
         uint64_t v = (uint64_t)cl;
@@ -968,9 +980,9 @@ static int h1_trailers(cs_req *r, const cs_header *f, size_t n)
         return -1;
     if (c->resp_mode != R_CHUNKED)
         return h1_send(r, NULL, NULL, 0, CS_SEND_FIN);
-    size_t need = 8;
-    for (size_t i = 0; i < n && r->te_trailers; i++)
-        need += f[i].name_len + f[i].value_len + 4;
+    if (!r->te_trailers)
+        n = 0;                  /* the client did not ask for them: the last chunk alone */
+    size_t need = 8 + fields_size(f, n);
     char stack[2048], *buf = need <= sizeof(stack) ? stack : malloc(need), *p = buf;
     if (!buf) {
         cs_log(CS_LOG_ERROR, "conn: out of memory for %zu bytes of trailers", need);
@@ -978,12 +990,7 @@ static int h1_trailers(cs_req *r, const cs_header *f, size_t n)
         return -1;
     }
     p += PUTLIT(p, "0\r\n");
-    for (size_t i = 0; i < n && r->te_trailers; i++) {
-        p += put(p, f[i].name, f[i].name_len);
-        p += PUTLIT(p, ": ");
-        p += put(p, f[i].value, f[i].value_len);
-        p += PUTLIT(p, "\r\n");
-    }
+    p += put_fields(p, f, n);
     p += PUTLIT(p, "\r\n");
     struct iovec v = {buf, (size_t)(p - buf)};
     c->resp_done = 1;
@@ -1001,22 +1008,18 @@ static int h1_trailers(cs_req *r, const cs_header *f, size_t n)
 static void h1_done(cs_req *r)
 {
     cs_conn *c = from_req(r);
+    r->suspended = 0;
+    r->blocked = 0;
+    c->async_app = 0;
+    c->in_app = 0;
     if (c->state == S_WS) {
         /* the session outlives the app until the closing handshake ends;
          * the loop looks at it next (not from inside the app's task) */
-        r->suspended = 0;
-        r->blocked = 0;
-        c->async_app = 0;
-        c->in_app = 0;
         cs_worker_request_done(c->w);
         c->ws->kick = 1;
         ws_watch(c);
         return;
     }
-    r->suspended = 0;
-    r->blocked = 0;
-    c->async_app = 0;
-    c->in_app = 0;
     c->want_body = 0;
     c->app_finished = 1;
     cs_loop_watch(c->w->loop, &c->io, 0);
@@ -1050,7 +1053,7 @@ static void finish_request(cs_conn *c)
         frame_body(c);
     if (!c->framed)
         c->closing = 1;
-    if (c->ws && !c->ws->open) {
+    if (c->ws && c->state != S_WS) {
         c->closing = 1;         /* refused or failed handshake: no second request */
         ws_free(c);
     }
@@ -1814,15 +1817,13 @@ static int ws_accept(cs_req *r, const char *sp, size_t sp_len, const cs_header *
     cs_conn *c = from_req(r);
     cs_wsess *s = c->ws;
     cs_worker *w = c->w;
-    if (!s || s->open || c->broken || r->started)
+    if (!s || c->state == S_WS || c->broken || r->started)
         return -1;
-    size_t need = 512 + sp_len, k = 0;
+    size_t need = 512 + sp_len + fields_size(extra, n);
     int has_server = 0;
-    for (size_t i = 0; i < n; i++) {
-        need += extra[i].name_len + extra[i].value_len + 4;
+    for (size_t i = 0; i < n; i++)
         if (extra[i].name_len == 6 && strncasecmp(extra[i].name, "server", 6) == 0)
             has_server = 1;
-    }
     char stack[2048], *buf = need <= sizeof(stack) ? stack : malloc(need), *p = buf;
     if (!buf) {
         cs_log(CS_LOG_ERROR, "conn: out of memory for a %zu-byte 101 head", need);
@@ -1846,12 +1847,7 @@ static int ws_accept(cs_req *r, const char *sp, size_t sp_len, const cs_header *
     if (!has_server)
         p += PUTLIT(p, "Server: corsac\r\n");
     p += put(p, http_date(), 37);
-    for (; k < n; k++) {
-        p += put(p, extra[k].name, extra[k].name_len);
-        p += PUTLIT(p, ": ");
-        p += put(p, extra[k].value, extra[k].value_len);
-        p += PUTLIT(p, "\r\n");
-    }
+    p += put_fields(p, extra, n);
     p += PUTLIT(p, "\r\n");
     s->rd = cs_ws_reader_new(w->ws_max_size, s->ext[0] ? &s->pmd : NULL);
     s->df = s->ext[0] ? cs_ws_deflater_new(&s->pmd) : NULL;
@@ -1871,7 +1867,6 @@ static int ws_accept(cs_req *r, const char *sp, size_t sp_len, const cs_header *
     c->resp_done = 1;
     c->keep_alive = 0;
     c->state = S_WS;
-    s->open = 1;
     s->next_ping = cs_now_ms() + w->ws_ping_ms;
     if (c->rlen > c->raw) {
         s->pending_in = 1;      /* the loop feeds them: not from inside the app's send() */
@@ -1891,7 +1886,7 @@ static int ws_send(cs_req *r, int opcode, const char *p, size_t n)
 {
     cs_conn *c = from_req(r);
     cs_wsess *s = c->ws;
-    if (!s || !s->open || s->close_sent || s->over || c->broken)
+    if (!s || c->state != S_WS || s->close_sent || s->over || c->broken)
         return -1;
     unsigned char h[CS_WS_MAX_HEADER], *z = NULL;
     size_t zn = 0;
@@ -1917,7 +1912,7 @@ static int ws_close(cs_req *r, int code, const char *reason, size_t n)
 {
     cs_conn *c = from_req(r);
     cs_wsess *s = c->ws;
-    if (!s || !s->open || c->broken)
+    if (!s || c->state != S_WS || c->broken)
         return -1;
     if (!s->close_sent) {
         ws_send_close(c, code, reason, n);
@@ -1933,6 +1928,6 @@ static void ws_pause(cs_req *r, int paused)
     if (!c->ws || c->ws->paused == paused)
         return;
     c->ws->paused = paused;
-    if (c->ws->open)
+    if (c->state == S_WS)
         ws_watch(c);
 }
