@@ -1309,24 +1309,15 @@ static PyObject *build_ws_scope(cs_asgi *a, const cs_req *r)
         const cs_header *h = &r->headers[i];
         if (h->name_len != 22 || strncasecmp(h->name, "sec-websocket-protocol", 22) != 0)
             continue;
-        size_t j = 0;
-        while (j < h->value_len) {
-            while (j < h->value_len && (h->value[j] == ',' || h->value[j] == ' ' || h->value[j] == '\t'))
-                j++;
-            size_t s0 = j;
-            while (j < h->value_len && h->value[j] != ',')
-                j++;
-            size_t e = j;
-            while (e > s0 && (h->value[e - 1] == ' ' || h->value[e - 1] == '\t'))
-                e--;
-            if (e > s0) {
-                PyObject *sp = PyUnicode_DecodeLatin1(h->value + s0, (Py_ssize_t)(e - s0), NULL);
-                if (!sp || PyList_Append(subs, sp) < 0) {
-                    Py_XDECREF(sp);
-                    goto fail;
-                }
-                Py_DECREF(sp);
+        size_t pos = 0, len;
+        const char *item;
+        while (cs_list_next(h->value, h->value_len, &pos, &item, &len)) {
+            PyObject *sp = PyUnicode_DecodeLatin1(item, (Py_ssize_t)len, NULL);
+            if (!sp || PyList_Append(subs, sp) < 0) {
+                Py_XDECREF(sp);
+                goto fail;
             }
+            Py_DECREF(sp);
         }
     }
     if (PyDict_SetItem(scope, a->keys[K_TYPE], a->keys[V_WEBSOCKET]) < 0 ||

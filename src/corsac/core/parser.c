@@ -409,6 +409,26 @@ int cs_chunked_done(const cs_chunked *d) { return d->state == C_DONE; }
 
 int cs_is_tchar(unsigned char c) { return tchar[c]; }
 
+int cs_list_next(const char *v, size_t n, size_t *pos, const char **item, size_t *len)
+{
+    size_t i = *pos;
+    while (i < n && (v[i] == ',' || is_ows((unsigned char)v[i])))
+        i++;
+    *pos = i;
+    if (i == n)
+        return 0;
+    size_t s = i;                   /* not OWS: the element is never empty */
+    while (i < n && v[i] != ',')
+        i++;
+    size_t e = i;
+    while (is_ows((unsigned char)v[e - 1]))
+        e--;
+    *pos = i;
+    *item = v + s;
+    *len = e - s;
+    return 1;
+}
+
 int cs_hexval(unsigned char c)
 {
     if (c >= '0' && c <= '9') return c - '0';

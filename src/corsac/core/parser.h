@@ -66,6 +66,11 @@ int cs_is_tchar(unsigned char c);
 /* Value of a hex digit, or -1. */
 int cs_hexval(unsigned char c);
 
+/* The next element of a comma-separated field value (RFC 9110 5.6.1),
+ * whitespace around it trimmed, empty elements skipped: 1 with it in *item
+ * and *len (and *pos moved past it), 0 at the end.  Start with *pos = 0. */
+int cs_list_next(const char *v, size_t n, size_t *pos, const char **item, size_t *len);
+
 /* Chunked transfer-coding decoder: a resumable state machine, fed any split of
  * the input.  Trailer fields are validated and discarded; framing, routing and
  * authentication fields in trailers are an error. */

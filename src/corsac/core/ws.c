@@ -34,19 +34,11 @@ static int name_is(const cs_header *h, const char *lit)
 /* Does the comma-separated list contain the token (case-insensitive)? */
 static int list_has(const char *v, size_t n, const char *tok)
 {
-    size_t tl = strlen(tok), i = 0;
-    while (i < n) {
-        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
-            i++;
-        size_t s = i;
-        while (i < n && v[i] != ',')
-            i++;
-        size_t e = i;
-        while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'))
-            e--;
-        if (e - s == tl && strncasecmp(v + s, tok, tl) == 0)
+    size_t tl = strlen(tok), pos = 0, len;
+    const char *item;
+    while (cs_list_next(v, n, &pos, &item, &len))
+        if (len == tl && strncasecmp(item, tok, tl) == 0)
             return 1;
-    }
     return 0;
 }
 
