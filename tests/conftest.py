@@ -108,6 +108,39 @@ def read_until_close(sock, timeout=5):
     return b"".join(chunks)
 
 
+def exchange(server, data, timeout=3.0):
+    """Send raw bytes on a new connection; read until the server closes or
+    timeout.  Returns (bytes, closed): closed when the server ended the
+    connection (EOF or reset) rather than the time running out."""
+    s = server.connect(timeout)
+    try:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        chunks, closed = [], False
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            s.settimeout(left)
+            try:
+                b = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not b:
+                closed = True
+                break
+            chunks.append(b)
+        return b"".join(chunks), closed
+    finally:
+        s.close()
+
+
 def status_of(response: bytes) -> int:
     """Status code of the first response in raw bytes (0 if none)."""
     m = re.match(rb"HTTP/1\.[01] (\d{3}) ", response)

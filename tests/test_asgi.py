@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import Server, read_until_close, status_of  # noqa: E402
+from conftest import Server, exchange, read_until_close, status_of  # noqa: E402
 
 TIMEOUT = 5
 pytestmark = pytest.mark.timeout(60)
@@ -1337,38 +1337,6 @@ MALFORMED_BODY = [
 ]
 
 
-def _exchange(server, data, timeout=3.0):
-    """Send data on a new connection; read until the server closes or timeout.
-    Returns (bytes, closed)."""
-    s = server.connect(timeout)
-    try:
-        try:
-            s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        chunks, closed = [], False
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            s.settimeout(left)
-            try:
-                b = s.recv(65536)
-            except socket.timeout:
-                break
-            except ConnectionResetError:
-                closed = True
-                break
-            if not b:
-                closed = True
-                break
-            chunks.append(b)
-        return b"".join(chunks), closed
-    finally:
-        s.close()
-
-
 LIMITED = ("--limit-request-line", "200", "--limit-request-body", "1000")
 MALFORMED_LIMITS = [
     ("limited-line-201", _req([b"Host: x"], first=b"GET /" + b"a" * (201 - 14) + b" HTTP/1.1"), 414),
@@ -1383,7 +1351,7 @@ def _recorder_lines(paths):
 
 def _check_rejected(server, paths, data, expected):
     before = len(_recorder_lines(paths))
-    resp, closed = _exchange(server, data)
+    resp, closed = exchange(server, data)
     assert status_of(resp) == expected, f"expected {expected}, got {resp[:300]!r}"
     assert count_responses(resp) == 1, resp[:600]
     assert closed, "server did not close the connection after the error response"
@@ -1414,7 +1382,7 @@ def test_limits_rejected_app_never_called(srv, paths, data, expected):
     new = _check_rejected(s, paths, data, expected)
     assert new == [], f"the application was called: {new}"
     # exactly at the limits is fine
-    resp, _ = _exchange(s, _req([b"Host: x", b"Connection: close", b"Content-Length: 1000"],
+    resp, _ = exchange(s, _req([b"Host: x", b"Connection: close", b"Content-Length: 1000"],
                                 b"b" * 1000, first=b"POST /" + b"a" * (200 - 15) + b" HTTP/1.1"))
     assert status_of(resp) == 200, resp[:300]
 
@@ -1423,10 +1391,10 @@ def test_malformed_sanity_valid_request_is_recorded(srv, paths):
     """Without this the "app was not called" checks above would prove nothing."""
     s = srv("asgi_apps:recorder")
     before = len(_recorder_lines(paths))
-    resp, _ = _exchange(s, _req([b"Host: x", b"Connection: close"], first=b"GET /sanity HTTP/1.1"))
+    resp, _ = exchange(s, _req([b"Host: x", b"Connection: close"], first=b"GET /sanity HTTP/1.1"))
     assert status_of(resp) == 200, resp
     assert resp.endswith(b"GET /sanity len=0\n"), resp
     assert _recorder_lines(paths)[before:] == ["called GET /sanity", "complete GET /sanity"]
-    resp, _ = _exchange(s, _req([b"Host: x", b"Connection: close", b"Transfer-Encoding: chunked"],
+    resp, _ = exchange(s, _req([b"Host: x", b"Connection: close", b"Transfer-Encoding: chunked"],
                                 b"5\r\nhello\r\n0\r\n\r\n", first=b"POST /c HTTP/1.1"))
     assert status_of(resp) == 200 and resp.endswith(b"POST /c len=5\n"), resp

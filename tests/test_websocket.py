@@ -32,7 +32,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.sync.client import connect as ws_connect
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import Server, status_of  # noqa: E402
+from conftest import Server, exchange, status_of  # noqa: E402
 
 TIMEOUT = 5
 STARTUP = 30        # a server's start may include the editable install's rebuild
@@ -430,38 +430,6 @@ class RawWS:
 
 def open_ws(server, path="/", **kw):
     return RawWS(server, path, **kw).expect_101()
-
-
-def exchange(server, data, timeout=3.0):
-    """Sends raw bytes on a new connection, reads until the server closes or timeout.
-    Returns (bytes, closed)."""
-    s = server.connect(timeout)
-    try:
-        try:
-            s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        chunks, closed = [], False
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            s.settimeout(left)
-            try:
-                b = s.recv(65536)
-            except socket.timeout:
-                break
-            except ConnectionResetError:
-                closed = True
-                break
-            if not b:
-                closed = True
-                break
-            chunks.append(b)
-        return b"".join(chunks), closed
-    finally:
-        s.close()
 
 
 def client(server, path="/", **kw):
