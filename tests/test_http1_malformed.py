@@ -11,47 +11,12 @@ import time
 
 import pytest
 
-from conftest import Server, status_of
+from conftest import Server, exchange, status_of
 
 H = b"Host: x\r\n"
 
 
 # --------------------------------------------------------------------------- helpers
-
-def exchange(srv, data, timeout=3.0):
-    """Send data on a new connection; read until the server closes or timeout.
-
-    Returns (bytes received, closed) where closed is True when the server ended the
-    connection (EOF or reset) within the timeout."""
-    s = srv.connect(timeout)
-    try:
-        try:
-            s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may answer and close before it has everything
-        chunks = []
-        deadline = time.monotonic() + timeout
-        closed = False
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            s.settimeout(left)
-            try:
-                b = s.recv(65536)
-            except socket.timeout:
-                break
-            except ConnectionResetError:
-                closed = True
-                break
-            if not b:
-                closed = True
-                break
-            chunks.append(b)
-        return b"".join(chunks), closed
-    finally:
-        s.close()
-
 
 def split_responses(data, head_requests=()):
     """Split raw bytes into [(status, headers{lower: [values]}, body)], plus leftover bytes.
