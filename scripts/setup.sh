@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: compilers for the core, clang + its runtime for the
 # sanitizer and libFuzzer runs, zlib and OpenSSL headers (WebSocket
-# compression and handshake), curl for the client tests.
-APT_PKGS=(gcc clang libclang-rt-14-dev pkg-config zlib1g-dev libssl-dev curl make)
-[ "${1:-}" = "--bench" ] && APT_PKGS+=(wrk nginx-light)
+# compression and handshake; TLS), libnghttp2 (HTTP/2), curl and nghttp2's
+# client tools (nghttp, h2load) for the client tests.
+APT_PKGS=(gcc clang libclang-rt-14-dev pkg-config zlib1g-dev libssl-dev libnghttp2-dev nghttp2-client curl make)
+[ "${1:-}" = "--bench" ] && APT_PKGS+=(wrk nginx-light testssl.sh)
 missing=()
 for p in "${APT_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -38,7 +39,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check \
     "meson-python>=0.15" "meson>=1.1" ninja \
-    pytest pytest-timeout httpx requests flask django h2 \
+    pytest pytest-timeout httpx requests flask django h2 hyperframe hpack trustme \
     uvloop starlette fastapi python-multipart quart websockets kosoku
 if [ "${1:-}" = "--bench" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check gunicorn granian \

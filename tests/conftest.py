@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 APPS = Path(__file__).parent / "apps"
-LISTEN_RE = re.compile(r"Listening at: http://(\[[^\]]+\]|[^:\s]+):(\d+)")
+LISTEN_RE = re.compile(r"Listening at: https?://(\[[^\]]+\]|[^:\s]+):(\d+)")
 
 
 class Server:

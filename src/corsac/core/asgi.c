@@ -13,6 +13,7 @@
  * carry the message (no Future, no loop iteration), or a wrapper around a
  * Future when the body has not arrived or the client reads slowly. */
 #include "asgi.h"
+#include "tls.h"
 #include "log.h"
 #include "pyerr.h"
 #include "resp.h"
@@ -33,7 +34,7 @@ enum {
     K_MESSAGE, K_FILE, K_OFFSET, K_COUNT, K_MORE_TRAILERS, K_VERSION, K_SPEC_VERSION,
     K_TEXT, K_BYTES, K_CODE, K_REASON, K_SUBPROTOCOLS, K_SUBPROTOCOL,
     V_HTTP, V_HTTP_REQUEST, V_HTTP_DISCONNECT, V_11, V_10, V_LIFESPAN, V_STARTUP, V_SHUTDOWN,
-    V_WEBSOCKET, V_WS, V_WSS, V_WS_CONNECT, V_WS_RECEIVE, V_WS_DISCONNECT, NKEYS
+    V_WEBSOCKET, V_WS, V_WSS, V_WS_CONNECT, V_WS_RECEIVE, V_WS_DISCONNECT, V_2, V_HTTPS, K_TLS, NKEYS
 };
 static const char *const key_names[NKEYS] = {
     "type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path",
@@ -41,7 +42,8 @@ static const char *const key_names[NKEYS] = {
     "message", "file", "offset", "count", "more_trailers", "version", "spec_version",
     "text", "bytes", "code", "reason", "subprotocols", "subprotocol",
     "http", "http.request", "http.disconnect", "1.1", "1.0", "lifespan", "lifespan.startup", "lifespan.shutdown",
-    "websocket", "ws", "wss", "websocket.connect", "websocket.receive", "websocket.disconnect"};
+    "websocket", "ws", "wss", "websocket.connect", "websocket.receive", "websocket.disconnect", "2", "https",
+    "tls"};
 
 static const char *const methods[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", NULL};
 #define NMETHODS 7
@@ -65,6 +67,8 @@ struct cs_asgi {
     PyObject *template;         /* constant part of every scope */
     PyObject *ext_trailers;     /* extensions dict with http.response.trailers */
     PyObject *ext_ws;           /* extensions dict of WebSocket scopes */
+    PyObject *tls_server;       /* the server certificate as PEM text, made once */
+    PyObject *tls_keys[6];      /* the tls extension's keys, interned */
     int ws;                     /* --ws */
     PyObject *asgi_info;
     PyObject *state;            /* lifespan state, NULL when lifespan did not run */
@@ -1244,6 +1248,67 @@ static int set_paths(cs_asgi *a, PyObject *scope, const cs_req *r)
     return set_steal(scope, a->keys[K_RAW_PATH], raw) < 0 || set_steal(scope, a->keys[K_PATH], path) < 0 ? -1 : 0;
 }
 
+/* The ASGI TLS extension: a fresh extensions dict (the template's is
+ * shared) with "tls" describing the connection. */
+static int add_tls(cs_asgi *a, PyObject *scope, const cs_req *r)
+{
+    static const char *const names[6] = {"server_cert",      "client_cert_chain", "client_cert_name",
+                                         "client_cert_error", "tls_version",       "cipher_suite"};
+    if (!a->tls_keys[0])
+        for (int i = 0; i < 6; i++)
+            if (!(a->tls_keys[i] = PyUnicode_InternFromString(names[i])))
+                return -1;
+    if (!a->tls_server) {
+        const char *pem = cs_tls_server_pem(r->tls);
+        if (!(a->tls_server = pem ? PyUnicode_FromString(pem) : Py_NewRef(Py_None)))
+            return -1;
+    }
+    PyObject *cur = PyDict_GetItemWithError(scope, a->keys[K_EXTENSIONS]);
+    PyObject *ext = cur ? PyDict_Copy(cur) : PyDict_New();
+    PyObject *chain = PyList_New(0), *tls = PyDict_New(), *name = NULL, *v = NULL, *c = NULL;
+    if (!ext || !chain || !tls)
+        goto fail;
+    for (int i = 0;; i++) {
+        size_t n = 0;
+        char *pem = cs_tls_peer_pem(r->tls, i, &n);
+        if (!pem)
+            break;
+        PyObject *s = PyUnicode_DecodeASCII(pem, (Py_ssize_t)n, "replace");
+        free(pem);
+        if (!s || PyList_Append(chain, s) < 0) {
+            Py_XDECREF(s);
+            goto fail;
+        }
+        Py_DECREF(s);
+    }
+    char *cn = cs_tls_peer_name(r->tls);
+    name = cn ? PyUnicode_DecodeUTF8(cn, (Py_ssize_t)strlen(cn), "replace") : Py_NewRef(Py_None);
+    free(cn);
+    v = PyLong_FromLong(cs_tls_version(r->tls));
+    c = PyLong_FromLong(cs_tls_cipher(r->tls));
+    if (!name || !v || !c || PyDict_SetItem(tls, a->tls_keys[0], a->tls_server) < 0 ||
+        PyDict_SetItem(tls, a->tls_keys[1], chain) < 0 || PyDict_SetItem(tls, a->tls_keys[2], name) < 0 ||
+        PyDict_SetItem(tls, a->tls_keys[3], Py_None) < 0 || PyDict_SetItem(tls, a->tls_keys[4], v) < 0 ||
+        PyDict_SetItem(tls, a->tls_keys[5], c) < 0 || PyDict_SetItem(ext, a->keys[K_TLS], tls) < 0 ||
+        PyDict_SetItem(scope, a->keys[K_EXTENSIONS], ext) < 0)
+        goto fail;
+    Py_DECREF(name);
+    Py_DECREF(v);
+    Py_DECREF(c);
+    Py_DECREF(tls);
+    Py_DECREF(chain);
+    Py_DECREF(ext);
+    return 0;
+fail:
+    Py_XDECREF(name);
+    Py_XDECREF(v);
+    Py_XDECREF(c);
+    Py_XDECREF(tls);
+    Py_XDECREF(chain);
+    Py_XDECREF(ext);
+    return -1;
+}
+
 static PyObject *build_scope(cs_asgi *a, const cs_req *r)
 {
     PyObject *scope = PyDict_Copy(a->template);
@@ -1259,7 +1324,8 @@ static PyObject *build_scope(cs_asgi *a, const cs_req *r)
         method = PyUnicode_DecodeLatin1(r->method, (Py_ssize_t)r->method_len, NULL);
     PyObject *headers = PyList_New((Py_ssize_t)r->num_headers);
     if (set_steal(scope, a->keys[K_METHOD], method) < 0 || !headers ||
-        PyDict_SetItem(scope, a->keys[K_HTTP_VERSION], r->protocol[7] == '1' ? a->keys[V_11] : a->keys[V_10]) < 0 ||
+        PyDict_SetItem(scope, a->keys[K_HTTP_VERSION],
+                       r->protocol[5] == '2' ? a->keys[V_2] : r->protocol[7] == '1' ? a->keys[V_11] : a->keys[V_10]) < 0 ||
         set_paths(a, scope, r) < 0 ||
         set_steal(scope, a->keys[K_QUERY_STRING], PyBytes_FromStringAndSize(r->query, (Py_ssize_t)r->query_len)) < 0 ||
         set_steal(scope, a->keys[K_SERVER], server_tuple(a, r)) < 0)
@@ -1288,6 +1354,8 @@ static PyObject *build_scope(cs_asgi *a, const cs_req *r)
     if (r->te_trailers && PyDict_SetItem(scope, a->keys[K_EXTENSIONS], a->ext_trailers) < 0)
         goto fail;
     if (a->state && set_steal(scope, a->keys[K_STATE], PyDict_Copy(a->state)) < 0)
+        goto fail;
+    if (r->tls && (PyDict_SetItem(scope, a->keys[K_SCHEME], a->keys[V_HTTPS]) < 0 || add_tls(a, scope, r) < 0))
         goto fail;
     return scope;
 fail:
@@ -1323,7 +1391,7 @@ static PyObject *build_ws_scope(cs_asgi *a, const cs_req *r)
     if (PyDict_SetItem(scope, a->keys[K_TYPE], a->keys[V_WEBSOCKET]) < 0 ||
         PyDict_SetItem(scope, a->keys[K_SCHEME], a->keys[strcmp(r->scheme, "https") ? V_WS : V_WSS]) < 0 ||
         PyDict_DelItem(scope, a->keys[K_METHOD]) < 0 || PyDict_SetItem(scope, a->keys[K_SUBPROTOCOLS], subs) < 0 ||
-        PyDict_SetItem(scope, a->keys[K_EXTENSIONS], a->ext_ws) < 0)
+        PyDict_SetItem(scope, a->keys[K_EXTENSIONS], a->ext_ws) < 0 || (r->tls && add_tls(a, scope, r) < 0))
         goto fail;
     Py_DECREF(subs);
     return scope;
@@ -2272,6 +2340,9 @@ void cs_asgi_free(cs_asgi *a)
     Py_XDECREF(a->template);
     Py_XDECREF(a->ext_trailers);
     Py_XDECREF(a->ext_ws);
+    Py_XDECREF(a->tls_server);
+    for (int i = 0; i < 6; i++)
+        Py_XDECREF(a->tls_keys[i]);
     Py_XDECREF(a->asgi_info);
     Py_XDECREF(a->state);
     Py_XDECREF(a->done_none);

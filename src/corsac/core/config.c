@@ -28,6 +28,8 @@ typedef struct {
 static const char *const iface_choices[] = {"auto", "wsgi", "asgi", NULL};
 static const char *const loop_choices[] = {"auto", "asyncio", "uvloop", NULL};
 static const char *const lifespan_choices[] = {"auto", "on", "off", NULL};
+static const char *const http_choices[] = {"auto", "1", "2", NULL};
+static const char *const cert_reqs_choices[] = {"none", "optional", "required", NULL};
 
 #define OFF(f) offsetof(cs_config, f)
 static const cs_option options[] = {
@@ -92,6 +94,26 @@ static const cs_option options[] = {
      "write the arbiter's pid here (removed at exit)"},
     {"limit-request-line", NULL, 0, T_INT, OFF(limit_request_line), "8190", NULL, 64, 1 << 20, "HTTP limits", "BYTES",
      "longest request line (414 beyond)"},
+    {"ssl-certfile", "certfile", 0, T_STR, OFF(ssl_certfile), "", NULL, 0, 0, "TLS", "FILE",
+     "PEM certificate chain (leaf first); turns TLS on for every bind"},
+    {"ssl-keyfile", "keyfile", 0, T_STR, OFF(ssl_keyfile), "", NULL, 0, 0, "TLS", "FILE",
+     "PEM private key (default: in the certfile)"},
+    {"ssl-keyfile-password", NULL, 0, T_STR, OFF(ssl_keyfile_password), "", NULL, 0, 0, "TLS", "PASSWORD",
+     "password of an encrypted keyfile"},
+    {"ssl-ca-certs", "ca-certs", 0, T_STR, OFF(ssl_ca_certs), "", NULL, 0, 0, "TLS", "FILE",
+     "PEM CA certificates that verify client certificates"},
+    {"ssl-cert-reqs", "cert-reqs", 0, T_CHOICE, OFF(ssl_cert_reqs), "none", cert_reqs_choices, 0, 0, "TLS",
+     "none|optional|required", "ask clients for a certificate; required fails the handshake without one"},
+    {"ssl-ciphers", "ciphers", 0, T_STR, OFF(ssl_ciphers), "ECDHE+AESGCM:ECDHE+CHACHA20", NULL, 0, 0, "TLS",
+     "LIST", "OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults)"},
+    {"http", NULL, 0, T_CHOICE, OFF(http), "auto", http_choices, 0, 0, "HTTP/2", "auto|1|2",
+     "auto: HTTP/2 via ALPN on TLS and with prior knowledge on plaintext; 1: HTTP/1.1 only; 2: HTTP/2 only"},
+    {"h2-max-concurrent-streams", NULL, 0, T_INT, OFF(h2_max_streams), "128", NULL, 1, 1 << 20, "HTTP/2", "N",
+     "streams a client may have open at once on one connection"},
+    {"h2-initial-window-size", NULL, 0, T_INT, OFF(h2_window), "1048576", NULL, 65535, 2147483647, "HTTP/2",
+     "BYTES", "flow-control window for each request body (the connection's matches it)"},
+    {"h2-max-header-list-size", NULL, 0, T_INT, OFF(h2_max_header_list), "65536", NULL, 1024, 1 << 24, "HTTP/2",
+     "BYTES", "largest request header block, decoded (431 beyond)"},
     {"limit-request-fields", NULL, 0, T_INT, OFF(limit_request_fields), "100", NULL, 1, 1000, "HTTP limits", "N",
      "most header fields in a request (431 beyond)"},
     {"limit-request-field-size", NULL, 0, T_INT, OFF(limit_request_field_size), "8190", NULL, 64, 1 << 20,
@@ -119,7 +141,7 @@ static const cs_option options[] = {
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
-static const char *const group_order[] = {"Application", "ASGI",    "WebSocket", "Binding", "Workers",
+static const char *const group_order[] = {"Application", "ASGI",    "WebSocket", "Binding", "TLS", "HTTP/2", "Workers",
                                           "HTTP limits", "Timeouts", "Logging",   "Hooks",   NULL};
 
 static int fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

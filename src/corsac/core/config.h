@@ -14,6 +14,8 @@
 
 enum { CS_IFACE_AUTO, CS_IFACE_WSGI, CS_IFACE_ASGI };
 enum { CS_LOOP_AUTO, CS_LOOP_ASYNCIO, CS_LOOP_UVLOOP };
+enum { CS_HTTP_AUTO, CS_HTTP_1, CS_HTTP_2 };
+enum { CS_CERT_NONE, CS_CERT_OPTIONAL, CS_CERT_REQUIRED };
 enum { CS_LIFESPAN_AUTO, CS_LIFESPAN_ON, CS_LIFESPAN_OFF };
 
 typedef struct {
@@ -50,6 +52,12 @@ typedef struct {
     double ws_ping_interval;        /* 0: no pings */
     double ws_ping_timeout;
     int ws_deflate;                 /* negotiate permessage-deflate */
+    char *ssl_certfile, *ssl_keyfile, *ssl_keyfile_password, *ssl_ca_certs, *ssl_ciphers;
+    int ssl_cert_reqs;              /* CS_CERT_* */
+    int http;                       /* CS_HTTP_* */
+    long h2_max_streams;
+    long h2_window;
+    long h2_max_header_list;
     long limit_request_line;
     long limit_request_fields;
     long limit_request_field_size;

@@ -15,6 +15,8 @@
 #include "conn.h"
 #include "log.h"
 #include "resp.h"
+#include "h2.h"
+#include "tls.h"
 #include "ws.h"
 
 #include <arpa/inet.h>
@@ -39,9 +41,9 @@
 #define WS_SCRATCH (64 * 1024)       /* WebSocket reads: one buffer per worker */
 #define WS_CLOSE_WAIT_MS 5000        /* for the peer's answer to our close frame */
 
-enum { S_IDLE, S_HEAD, S_BODY, S_APP, S_FLUSH, S_LINGER, S_WS };
+enum { S_IDLE, S_HEAD, S_BODY, S_APP, S_FLUSH, S_LINGER, S_WS, S_TLS, S_H2 };
 enum { R_NONE, R_LENGTH, R_CHUNKED, R_CLOSE };
-enum { NEXT_WAIT, NEXT_READY, NEXT_ERROR };
+enum { NEXT_WAIT, NEXT_READY, NEXT_ERROR, NEXT_H2 };
 
 typedef struct cs_out {
     struct cs_out *next;
@@ -112,6 +114,9 @@ struct cs_conn {
     int broken;                     /* the socket failed: drop without flushing */
     int timed_out;                  /* --request-timeout fired (under the inflight lock) */
     cs_wsess *ws;                   /* a WebSocket handshake or session */
+    cs_ssl *ssl;                    /* TLS session, or NULL for plaintext */
+    cs_h2 *h2;                      /* an HTTP/2 session (state S_H2) */
+    int nparsed;                    /* requests parsed so far: only the first may be h2c */
 
     cs_out *out_head, *out_tail;
     size_t out_bytes;
@@ -129,29 +134,34 @@ static void ws_settle(cs_conn *c);
 static void ws_watch(cs_conn *c);
 static void ws_io(cs_conn *c, uint32_t events);
 static void ws_sweep(cs_conn *c, uint64_t now, int stopping);
+static unsigned char *ws_scratch(cs_worker *w);
+static void h2_begin(cs_conn *c, const char *in, size_t n);
 
 cs_conn **cs_conn_qnext(cs_conn *c) { return &c->qnext; }
 
 static cs_conn *from_req(cs_req *r) { return (cs_conn *)((char *)r - offsetof(cs_conn, req)); }
 
-/* ---- Date header: formatted at most once a second per thread ------------- */
+/* ---- transport: plaintext or TLS ------------------------------------------ */
 
-static const char *http_date(void)
+static ssize_t conn_recv(cs_conn *c, void *buf, size_t n)
 {
-    static _Thread_local time_t cached_sec;
-    static _Thread_local char line[64];
-    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    time_t now = time(NULL);
-    if (now != cached_sec) {
-        struct tm tm;
-        gmtime_r(&now, &tm);
-        snprintf(line, sizeof(line), "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n", days[tm.tm_wday],
-                 tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
-        cached_sec = now;
-    }
-    return line;
+    return c->ssl ? cs_tls_read(c->ssl, buf, n) : read(c->io.fd, buf, n);
+}
+
+static ssize_t conn_sendv(cs_conn *c, const struct iovec *v, int n)
+{
+    return c->ssl ? cs_tls_writev(c->ssl, v, n) : writev(c->io.fd, v, n);
+}
+
+/* Watch the socket; TLS input already decrypted is invisible to epoll, so
+ * a connection that wants to read with some waiting gets a kick instead. */
+static int conn_watch(cs_conn *c, uint32_t ev)
+{
+    if (cs_loop_watch(c->w->loop, &c->io, ev) < 0)
+        return -1;
+    if ((ev & EPOLLIN) && c->ssl && cs_tls_pending(c->ssl))
+        return cs_loop_kick(c->w->loop, &c->io);
+    return 0;
 }
 
 /* ---- blocking waits in app context --------------------------------------- */
@@ -256,7 +266,15 @@ static int flush_out(cs_conn *c)
         if (o->fd >= 0) {
             size_t chunk = o->len - o->pos > (1u << 30) ? (1u << 30) : o->len - o->pos;
             off_t off = o->off + (off_t)o->pos;
-            n = chunk ? sendfile(c->io.fd, o->fd, &off, chunk) : 0;
+            if (c->ssl) {
+                /* no sendfile through TLS: one record at a time through memory */
+                char fb[16 * 1024];
+                ssize_t got = chunk ? pread(o->fd, fb, chunk < sizeof(fb) ? chunk : sizeof(fb), off) : 0;
+                struct iovec fv = {fb, got > 0 ? (size_t)got : 0};
+                n = got > 0 ? conn_sendv(c, &fv, 1) : got;
+            } else {
+                n = chunk ? sendfile(c->io.fd, o->fd, &off, chunk) : 0;
+            }
             if (n == 0 && chunk) {          /* file shrank under us */
                 cs_log(CS_LOG_ERROR, "conn: file truncated while sending to %s", c->peer);
                 c->broken = 1;
@@ -270,7 +288,7 @@ static int flush_out(cs_conn *c)
                 v[k].iov_base = m->data + m->pos;
                 v[k++].iov_len = m->len - m->pos;
             }
-            n = writev(c->io.fd, v, k);
+            n = conn_sendv(c, v, k);
             if (n > 0) {
                 size_t left = (size_t)n;
                 c->out_bytes -= left;
@@ -335,7 +353,7 @@ static int conn_write(cs_conn *c, struct iovec *iov, int n, int may_block)
     int i = 0;
     if (!c->out_head) {
         while (i < n) {
-            ssize_t w = writev(c->io.fd, iov + i, n - i > 1024 ? 1024 : n - i);
+            ssize_t w = conn_sendv(c, iov + i, n - i > 1024 ? 1024 : n - i);
             if (w < 0) {
                 if (errno == EINTR)
                     continue;
@@ -374,7 +392,7 @@ static size_t format_error_with(char buf[512], int status, const char *extra)
     int n = snprintf(buf, 512,
                      "HTTP/1.1 %d %s\r\nServer: corsac\r\n%s%sContent-Type: text/plain; charset=utf-8\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-                     status, reason, http_date(), extra, strlen(reason) + 1, reason);
+                     status, reason, cs_http_date(), extra, strlen(reason) + 1, reason);
     return (size_t)n;
 }
 
@@ -460,6 +478,18 @@ static void set_state(cs_conn *c, int state, uint64_t ms)
     c->state = state;
 }
 
+/* What a request takes from its connection, whatever the protocol. */
+void cs_conn_fill_req(cs_conn *c, cs_req *r)
+{
+    r->scheme = c->ssl ? "https" : "http";
+    r->tls = c->ssl;
+    r->server_name = c->listener->server_name;
+    r->server_port = c->listener->server_port;
+    r->peer_addr = c->peer;
+    r->peer_port = c->peer_port;
+    r->is_unix = c->listener->family == AF_UNIX;
+}
+
 /* Fill c->req from the parsed head. */
 static void setup_req(cs_conn *c)
 {
@@ -478,16 +508,11 @@ static void setup_req(cs_conn *c)
     r->headers = c->headers;
     r->num_headers = p->num_headers;
     r->protocol = p->minor_version ? "HTTP/1.1" : "HTTP/1.0";
-    r->scheme = "http";
-    r->server_name = c->listener->server_name;
-    r->server_port = c->listener->server_port;
-    r->peer_addr = c->peer;
-    r->peer_port = c->peer_port;
+    cs_conn_fill_req(c, r);
     r->content_length = p->body == CS_BODY_LENGTH ? (int64_t)p->content_length
                         : p->body == CS_BODY_CHUNKED ? -1 : 0;
     r->has_body = p->body != CS_BODY_NONE && !(p->body == CS_BODY_LENGTH && p->content_length == 0);
     r->head_only = p->method_len == 4 && memcmp(p->method, "HEAD", 4) == 0;
-    r->is_unix = c->listener->family == AF_UNIX;
     for (size_t i = 0; i < p->num_headers && p->minor_version; i++) {
         const cs_header *x = &c->headers[i];
         if (x->name_len == 2 && strncasecmp(x->name, "te", 2) == 0 && memmem(x->value, x->value_len, "trailers", 8))
@@ -511,6 +536,21 @@ static int conn_next(cs_conn *c)
             set_state(c, S_IDLE, w->keepalive_ms);
             return NEXT_WAIT;
         }
+        if (!c->nparsed && !c->ssl && w->cfg->http != CS_HTTP_1) {
+            /* h2c with prior knowledge: the connection opens with the preface */
+            int pre = cs_h2_is_preface(c->rbuf + c->rpos, c->rlen - c->rpos);
+            if (pre == 1)
+                return NEXT_H2;
+            if (pre == 0) {
+                set_state(c, S_HEAD, w->header_ms);
+                return NEXT_WAIT;
+            }
+            if (w->cfg->http == CS_HTTP_2) {
+                cs_log(CS_LOG_DEBUG, "conn: %s spoke HTTP/1 to an --http 2 port", c->peer);
+                send_error(c, 505);
+                return NEXT_ERROR;
+            }
+        }
         int n = cs_parse_request(c->rbuf + c->rpos, c->rlen - c->rpos, &c->pr, c->headers, &w->limits);
         if (n == CS_PARSE_AGAIN) {
             if (c->rpos && c->rcap - c->rlen < 2048) {
@@ -531,6 +571,7 @@ static int conn_next(cs_conn *c)
             return NEXT_ERROR;
         }
         setup_req(c);
+        c->nparsed++;
         c->have_req = 1;
         c->rpos += (size_t)n;
         c->bpos = c->bend = c->raw = c->rpos;
@@ -624,7 +665,7 @@ static ssize_t h1_read(cs_req *r, char *buf, size_t n)
         /* Everything buffered is consumed: reuse the buffer from the start.
          * (The head is gone from here on: see request.h.) */
         c->rpos = c->rlen = c->bpos = c->bend = c->raw = 0;
-        ssize_t got = read(c->io.fd, c->rbuf, c->rcap);
+        ssize_t got = conn_recv(c, c->rbuf, c->rcap);
         if (got > 0) {
             c->rlen = (size_t)got;
             continue;
@@ -677,7 +718,7 @@ static int h1_body(cs_req *r, const char **p, size_t *n, int *more)
         c->rpos = c->rlen = c->bpos = c->bend = c->raw = 0;
         if (c->rcap < BODY_BUF && (c->body_kind == CS_BODY_CHUNKED || c->body_left > c->rcap))
             grow_rbuf(c, BODY_BUF);
-        ssize_t got = read(c->io.fd, c->rbuf, c->rcap);
+        ssize_t got = conn_recv(c, c->rbuf, c->rcap);
         if (got > 0) {
             c->rlen = (size_t)got;
             continue;
@@ -778,7 +819,7 @@ static size_t build_head(cs_conn *c, const cs_resp_head *h, const struct iovec *
     if (!h->has_server)
         p += PUTLIT(p, "Server: corsac\r\n");
     if (!h->has_date)
-        p += put(p, http_date(), 37);
+        p += put(p, cs_http_date(), 37);
     p += put_fields(p, h->headers, h->num_headers);
     if (write_cl) {
         char digits[24], *d = digits + sizeof(digits);
@@ -1022,7 +1063,7 @@ static void h1_done(cs_req *r)
     }
     c->want_body = 0;
     c->app_finished = 1;
-    cs_loop_watch(c->w->loop, &c->io, 0);
+    conn_watch(c, 0);
     cs_worker_hand_back(c->w, c);
 }
 
@@ -1155,9 +1196,13 @@ static void conn_resume_app(cs_conn *c)
 static void conn_advance(cs_conn *c)
 {
     int r = conn_next(c);
+    if (r == NEXT_H2) {
+        h2_begin(c, c->rbuf + c->rpos, c->rlen - c->rpos);
+        return;
+    }
     if (r == NEXT_READY) {
         if (c->w->threads > 1) {
-            cs_loop_watch(c->w->loop, &c->io, 0);
+            conn_watch(c, 0);
             c->in_pool = 1;
             cs_worker_submit(c->w, c);
             return;
@@ -1170,6 +1215,10 @@ static void conn_advance(cs_conn *c)
 static void conn_free(cs_conn *c)
 {
     cs_worker *w = c->w;
+    if (c->h2) {
+        cs_h2_free(c->h2);
+        c->h2 = NULL;
+    }
     if (c->ws) {
         if (!c->ws->over)
             c->ws->code = CS_WS_ABNORMAL;
@@ -1182,7 +1231,8 @@ static void conn_free(cs_conn *c)
         if (w->async)
             cs_worker_request_done(w);
     }
-    cs_loop_watch(w->loop, &c->io, 0);
+    conn_watch(c, 0);
+    cs_tls_close(c->ssl, 0);
     close(c->io.fd);
     while (c->out_head)
         out_pop(c);
@@ -1201,13 +1251,18 @@ static void conn_free(cs_conn *c)
  * closes (or LINGER_MS), so a response is not destroyed by an RST. */
 static void start_linger(cs_conn *c)
 {
+    if (c->ssl) {
+        /* close_notify, then the socket lingers like a plaintext one */
+        cs_tls_close(c->ssl, !c->peer_eof);
+        c->ssl = NULL;
+    }
     if (c->peer_eof || shutdown(c->io.fd, SHUT_WR) < 0) {
         conn_free(c);
         return;
     }
     c->state = S_LINGER;
     c->deadline = cs_now_ms() + LINGER_MS;
-    if (cs_loop_watch(c->w->loop, &c->io, EPOLLIN) < 0)
+    if (conn_watch(c, EPOLLIN) < 0)
         conn_free(c);
 }
 
@@ -1230,7 +1285,7 @@ static void conn_settle(cs_conn *c)
     if (c->out_head) {
         c->state = S_FLUSH;
         c->deadline = cs_now_ms() + w->body_ms;
-        if (cs_loop_watch(w->loop, &c->io, EPOLLOUT) < 0)
+        if (conn_watch(c, EPOLLOUT) < 0)
             conn_free(c);
         return;
     }
@@ -1242,7 +1297,7 @@ static void conn_settle(cs_conn *c)
         conn_free(c);
         return;
     }
-    if (cs_loop_watch(w->loop, &c->io, EPOLLIN) < 0)
+    if (conn_watch(c, EPOLLIN) < 0)
         conn_free(c);
 }
 
@@ -1271,7 +1326,7 @@ static void async_watch(cs_conn *c)
         if (!(c->io.events & EPOLLOUT))     /* output starts waiting: its stall clock starts */
             c->deadline = cs_now_ms() + c->w->body_ms;
     }
-    if (cs_loop_watch(c->w->loop, &c->io, ev) < 0)
+    if (conn_watch(c, ev) < 0)
         c->broken = 1;
 }
 
@@ -1303,7 +1358,7 @@ static void async_io(cs_conn *c, uint32_t events)
     if (c->io.events & EPOLLIN) {
         if (c->raw == c->rlen && c->bpos == c->bend)
             c->rpos = c->rlen = c->bpos = c->bend = c->raw = 0;
-        ssize_t n = c->rlen < c->rcap ? read(c->io.fd, c->rbuf + c->rlen, c->rcap - c->rlen) : -1;
+        ssize_t n = c->rlen < c->rcap ? conn_recv(c, c->rbuf + c->rlen, c->rcap - c->rlen) : -1;
         if (n > 0) {
             c->rlen += (size_t)n;
             c->deadline = cs_now_ms() + w->body_ms;
@@ -1336,7 +1391,7 @@ static void on_readable(cs_conn *c)
         conn_advance(c);
         return;
     }
-    ssize_t n = read(c->io.fd, c->rbuf + c->rlen, c->rcap - c->rlen);
+    ssize_t n = conn_recv(c, c->rbuf + c->rlen, c->rcap - c->rlen);
     if (n > 0) {
         c->rlen += (size_t)n;
         if (c->state == S_BODY)        /* a stall timeout while the body trickles in */
@@ -1349,6 +1404,139 @@ static void on_readable(cs_conn *c)
     /* EOF or reset: nothing to answer (a partial request is abandoned) */
     c->peer_eof = 1;
     conn_free(c);
+}
+
+/* ---- HTTP/2: h2.c runs the session, the connection carries its bytes ------ */
+
+/* The session is over: its last frames (GOAWAY) leave, then a lingering close. */
+static void h2_end(cs_conn *c)
+{
+    cs_h2_free(c->h2);
+    c->h2 = NULL;
+    c->state = S_IDLE;
+    c->closing = 1;
+    conn_settle(c);
+}
+
+static void h2_io(cs_conn *c, uint32_t events)
+{
+    if (cs_h2_io(c->h2, events) < 0)
+        h2_end(c);
+}
+
+/* Switch to HTTP/2: `in` holds bytes already read (the preface, for h2c). */
+static void h2_begin(cs_conn *c, const char *in, size_t n)
+{
+    c->h2 = cs_h2_new(c, in, n);
+    if (!c->h2) {
+        conn_free(c);
+        return;
+    }
+    free(c->rbuf);              /* h2 reads through the worker's scratch buffer */
+    c->rbuf = NULL;
+    c->rcap = c->rlen = c->rpos = c->bpos = c->bend = c->raw = 0;
+    c->state = S_H2;
+    c->deadline = cs_now_ms() + c->w->body_ms;
+    h2_io(c, EPOLLIN);
+}
+
+static void h2_start(cs_conn *c) { h2_begin(c, NULL, 0); }
+
+ssize_t cs_conn_recv(cs_conn *c, void *buf, size_t n) { return conn_recv(c, buf, n); }
+
+int cs_conn_send(cs_conn *c, const void *p, size_t n)
+{
+    struct iovec v = {(void *)p, n};
+    return conn_write(c, &v, 1, 0) < 0 ? -1 : 0;
+}
+
+int cs_conn_flush(cs_conn *c)
+{
+    size_t before = c->out_bytes;
+    int r = flush_out(c);
+    if (c->out_bytes < before)          /* a stall clock, restarted by progress */
+        c->deadline = cs_now_ms() + c->w->body_ms;
+    return r;
+}
+
+size_t cs_conn_queued(const cs_conn *c) { return c->out_bytes; }
+
+int cs_conn_events(cs_conn *c, uint32_t ev)
+{
+    if ((ev & EPOLLOUT) && !(c->io.events & EPOLLOUT))
+        c->deadline = cs_now_ms() + c->w->body_ms;
+    return conn_watch(c, ev);
+}
+
+void cs_conn_kick(cs_conn *c)
+{
+    if (!(c->io.events & EPOLLIN))
+        conn_watch(c, c->io.events | EPOLLIN);
+    cs_loop_kick(c->w->loop, &c->io);
+}
+
+int cs_conn_wait(cs_conn *c, short events, uint64_t ms)
+{
+    if ((events & POLLIN) && c->ssl && cs_tls_pending(c->ssl))
+        return 1;
+    return wait_fd(c, events, ms);
+}
+
+
+cs_worker *cs_conn_worker(cs_conn *c) { return c->w; }
+
+const char *cs_conn_peer(const cs_conn *c) { return c->peer; }
+
+unsigned char *cs_conn_scratch(cs_conn *c, size_t *n)
+{
+    *n = WS_SCRATCH;
+    return ws_scratch(c->w);
+}
+
+/* The TLS handshake, then the protocol ALPN chose. */
+static void tls_step(cs_conn *c)
+{
+    int rc = cs_tls_handshake(c->ssl, c->peer);
+    switch (rc) {
+    case CS_TLS_DONE:
+        c->state = S_IDLE;
+        c->deadline = cs_now_ms() + c->w->header_ms;
+        if (cs_tls_h2(c->ssl)) {
+            h2_start(c);
+            return;
+        }
+        /* watched first: the handshake may have finished right at accept,
+         * before the socket was ever in epoll, and the request may not be here yet */
+        if (conn_watch(c, EPOLLIN) < 0) {
+            conn_free(c);
+            return;
+        }
+        on_readable(c);
+        return;
+    case CS_TLS_WANT_READ:
+    case CS_TLS_WANT_WRITE:
+        if (conn_watch(c, rc == CS_TLS_WANT_READ ? EPOLLIN : EPOLLOUT) < 0)
+            conn_free(c);
+        return;
+    case CS_TLS_PLAINTEXT: {
+        /* answer in plain text, like nginx, so a human sees what went wrong */
+        static const char msg[] = "The plain HTTP request was sent to HTTPS port.\n";
+        char buf[512];
+        int n = snprintf(buf, sizeof(buf),
+                         "HTTP/1.1 400 Bad Request\r\nServer: corsac\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                         "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                         sizeof(msg) - 1, msg);
+        if (write(c->io.fd, buf, (size_t)n) < 0)
+            cs_log(CS_LOG_DEBUG, "conn: 400 to %s: %s", c->peer, strerror(errno));
+        cs_tls_close(c->ssl, 0);
+        c->ssl = NULL;
+        start_linger(c);
+        return;
+    }
+    default:
+        conn_free(c);
+        return;
+    }
 }
 
 static void conn_io(cs_loop *loop, cs_io *io, uint32_t events)
@@ -1385,6 +1573,12 @@ static void conn_io(cs_loop *loop, cs_io *io, uint32_t events)
     }
     case S_WS:
         ws_io(c, events);
+        break;
+    case S_TLS:
+        tls_step(c);
+        break;
+    case S_H2:
+        h2_io(c, events);
         break;
     case S_APP:
         if (c->async_app) {
@@ -1477,7 +1671,16 @@ void cs_conn_accept(cs_worker *w, cs_listen_io *lio)
         /* a fresh connection must send its first request within the header timeout */
         c->state = S_IDLE;
         c->deadline = cs_now_ms() + w->header_ms;
-        if (cs_loop_watch(w->loop, &c->io, EPOLLIN) < 0)
+        if (w->tls) {
+            if (!(c->ssl = cs_tls_accept(w->tls, fd))) {
+                conn_free(c);
+                continue;
+            }
+            c->state = S_TLS;
+            tls_step(c);        /* the ClientHello is often here already */
+            continue;
+        }
+        if (conn_watch(c, EPOLLIN) < 0)
             conn_free(c);
     }
 }
@@ -1488,7 +1691,7 @@ void cs_conn_timed_out(cs_conn *c, uint64_t ran_ms)
         return;
     c->timed_out = 1;
     int answered = 0;
-    if (!c->req.started) {
+    if (!c->req.started && !c->ssl) {   /* a TLS session is not ours to use from this thread */
         char buf[512];
         size_t n = format_error(buf, 504);
         answered = write(c->io.fd, buf, n) == (ssize_t)n;
@@ -1519,6 +1722,15 @@ void cs_conn_sweep(cs_worker *w)
             ws_sweep(c, now, stopping);
             continue;
         }
+        if (c->state == S_H2) {
+            if (c->out_head && now >= c->deadline) {
+                cs_log(CS_LOG_INFO, "h2: %s stopped reading; dropping the connection", c->peer);
+                conn_free(c);
+            } else if (cs_h2_sweep(c->h2, now, stopping) < 0) {
+                h2_end(c);
+            }
+            continue;
+        }
         if (c->state == S_APP) {
             if (c->async_app && w->request_ms && now - c->app_since > w->request_ms) {
                 /* an ASGI app awaiting past --request-timeout: answer for it
@@ -1526,8 +1738,8 @@ void cs_conn_sweep(cs_worker *w)
                 int answered = 0;
                 if (!c->req.started) {
                     char buf[512];
-                    size_t n = format_error(buf, 504);
-                    answered = write(c->io.fd, buf, n) == (ssize_t)n;
+                    struct iovec v = {buf, format_error(buf, 504)};
+                    answered = conn_sendv(c, &v, 1) == (ssize_t)v.iov_len;
                 }
                 cs_log(CS_LOG_ERROR, "Request from %s:%d ran for %.1f s, over --request-timeout; %s", c->peer,
                        c->peer_port, (now - c->app_since) / 1000.0, answered ? "answered 504" : "connection closed");
@@ -1700,7 +1912,7 @@ static void ws_watch(cs_conn *c)
         if (c->out_head && !(c->io.events & EPOLLOUT))     /* output starts waiting: stall clock */
             c->deadline = cs_now_ms() + c->w->body_ms;
     }
-    if (cs_loop_watch(c->w->loop, &c->io, ev) < 0)
+    if (conn_watch(c, ev) < 0)
         c->broken = 1;
 }
 
@@ -1721,7 +1933,7 @@ static void ws_settle(cs_conn *c)
         if (c->out_head) {
             c->state = S_FLUSH;
             c->deadline = cs_now_ms() + c->w->body_ms;
-            if (cs_loop_watch(c->w->loop, &c->io, EPOLLOUT) < 0)
+            if (conn_watch(c, EPOLLOUT) < 0)
                 conn_free(c);
         } else {
             start_linger(c);
@@ -1760,7 +1972,7 @@ static void ws_io(cs_conn *c, uint32_t events)
     }
     if ((events & EPOLLIN) && (c->io.events & EPOLLIN) && !s->over && !s->paused) {
         unsigned char *buf = ws_scratch(w);
-        ssize_t n = buf ? read(c->io.fd, buf, WS_SCRATCH) : -1;
+        ssize_t n = buf ? conn_recv(c, buf, WS_SCRATCH) : -1;
         if (n > 0) {
             ws_feed(c, buf, (size_t)n);
         } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
@@ -1846,7 +2058,7 @@ static int ws_accept(cs_req *r, const char *sp, size_t sp_len, const cs_header *
     }
     if (!has_server)
         p += PUTLIT(p, "Server: corsac\r\n");
-    p += put(p, http_date(), 37);
+    p += put(p, cs_http_date(), 37);
     p += put_fields(p, extra, n);
     p += PUTLIT(p, "\r\n");
     s->rd = cs_ws_reader_new(w->ws_max_size, s->ext[0] ? &s->pmd : NULL);

@@ -31,4 +31,19 @@ void cs_conn_close_all(cs_worker *w);
 /* Pool queue link, used by the worker's job and done lists. */
 cs_conn **cs_conn_qnext(cs_conn *c);
 
+/* ---- for h2.c: the connection as a byte transport (loop thread, or an
+ * inline handler on it) ---- */
+ssize_t cs_conn_recv(cs_conn *c, void *buf, size_t n);     /* plaintext or TLS; -1 EAGAIN */
+int cs_conn_send(cs_conn *c, const void *p, size_t n);     /* write now or queue; -1 broken */
+int cs_conn_flush(cs_conn *c);                             /* 1 drained, 0 would block, -1 failed */
+size_t cs_conn_queued(const cs_conn *c);
+int cs_conn_events(cs_conn *c, uint32_t ev);               /* watch the socket for ev */
+void cs_conn_kick(cs_conn *c);                             /* come back to cs_h2_io soon */
+/* Wait for the socket with the GIL released: 1 ready, 0 timeout, -1 error. */
+int cs_conn_wait(cs_conn *c, short events, uint64_t ms);
+void cs_conn_fill_req(cs_conn *c, cs_req *r);              /* scheme, server, peer, TLS */
+cs_worker *cs_conn_worker(cs_conn *c);
+const char *cs_conn_peer(const cs_conn *c);
+unsigned char *cs_conn_scratch(cs_conn *c, size_t *n);     /* the worker's 64 KiB read buffer */
+
 #endif

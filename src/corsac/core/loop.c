@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,6 +29,8 @@ struct cs_loop {
     cs_hook_fn *before, *after;
     void *hook_data;
     cs_io tick;                 /* embedded mode: a timerfd that wakes the host loop */
+    cs_io kick;                 /* eventfd: readable while kicked ios wait */
+    cs_io *kicked;              /* ios to call as if readable (cs_loop_kick) */
     struct epoll_event events[MAX_EVENTS];
 };
 
@@ -53,7 +56,68 @@ cs_loop *cs_loop_new(void)
     }
     l->now = cs_now_ms();
     l->tick.fd = -1;
+    l->kick.fd = -1;
     return l;
+}
+
+static void kick_io(cs_loop *l, cs_io *io, uint32_t events)
+{
+    uint64_t v;
+    (void)l;
+    (void)events;
+    /* only a wake-up: the kicked ios run after the whole batch (run_kicks) */
+    if (read(io->fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+        cs_log(CS_LOG_ERROR, "loop: eventfd read: %s", strerror(errno));
+}
+
+/* After a batch of events, never inside one: an io freed by a kicked
+ * callback may still have its own event later in the batch. */
+static void run_kicks(cs_loop *l)
+{
+    /* each call consumes the data that caused the kick; a bound all the same */
+    for (int i = 0; i < 4096 && l->kicked; i++) {
+        cs_io *k = l->kicked;
+        l->kicked = k->kick_next;
+        k->kick_next = NULL;
+        k->kick_pending = 0;
+        if (k->events & EPOLLIN)
+            k->fn(l, k, EPOLLIN);
+    }
+    if (l->kicked) {
+        uint64_t one = 1;
+        if (write(l->kick.fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+            cs_log(CS_LOG_ERROR, "loop: eventfd write: %s", strerror(errno));
+    }
+}
+
+int cs_loop_kick(cs_loop *l, cs_io *io)
+{
+    if (io->kick_pending)
+        return 0;
+    if (l->kick.fd < 0) {
+        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fd < 0) {
+            cs_log(CS_LOG_ERROR, "loop: eventfd: %s", strerror(errno));
+            return -1;
+        }
+        l->kick = (cs_io){.fd = fd, .fn = kick_io};
+        if (cs_loop_watch(l, &l->kick, EPOLLIN) < 0) {
+            close(fd);
+            l->kick.fd = -1;
+            return -1;
+        }
+    }
+    if (!l->kicked) {
+        uint64_t one = 1;
+        if (write(l->kick.fd, &one, sizeof(one)) < 0 && errno != EAGAIN) {
+            cs_log(CS_LOG_ERROR, "loop: eventfd write: %s", strerror(errno));
+            return -1;
+        }
+    }
+    io->kick_pending = 1;
+    io->kick_next = l->kicked;
+    l->kicked = io;
+    return 0;
 }
 
 void cs_loop_free(cs_loop *l)
@@ -62,12 +126,23 @@ void cs_loop_free(cs_loop *l)
         return;
     if (l->tick.fd >= 0)
         close(l->tick.fd);
+    if (l->kick.fd >= 0)
+        close(l->kick.fd);
     close(l->epfd);
     free(l);
 }
 
 int cs_loop_watch(cs_loop *l, cs_io *io, uint32_t events)
 {
+    if (events == 0 && io->kick_pending) {
+        for (cs_io **p = &l->kicked; *p; p = &(*p)->kick_next)
+            if (*p == io) {
+                *p = io->kick_next;
+                break;
+            }
+        io->kick_pending = 0;
+        io->kick_next = NULL;
+    }
     if (events == io->events)
         return 0;
     struct epoll_event ev = {.events = events, .data.ptr = io};
@@ -108,12 +183,16 @@ static void run_timers(cs_loop *l)
     }
 }
 
+static void run_kicks(cs_loop *l);
+
 static void dispatch(cs_loop *l, int n)
 {
     for (int i = 0; i < n; i++) {
         cs_io *io = l->events[i].data.ptr;
         io->fn(l, io, l->events[i].events);
     }
+    if (l->kicked)
+        run_kicks(l);
 }
 
 int cs_loop_run(cs_loop *l)

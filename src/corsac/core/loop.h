@@ -20,6 +20,8 @@ struct cs_io {
     int fd;
     uint32_t events;     /* currently registered mask, 0 when not registered */
     cs_io_fn *fn;
+    cs_io *kick_next;    /* the loop's kicked list (cs_loop_kick) */
+    int kick_pending;
 };
 
 cs_loop *cs_loop_new(void);
@@ -27,6 +29,12 @@ void cs_loop_free(cs_loop *loop);
 
 /* Register, change or (with events == 0) remove interest in io->fd.  -1 on error. */
 int cs_loop_watch(cs_loop *loop, cs_io *io, uint32_t events);
+
+/* Call io->fn(EPOLLIN) on the next iteration, as if the fd were readable,
+ * if it is still watched for reading then: for input buffered in user space
+ * (TLS records already decrypted) that epoll cannot see.  Removing the io
+ * (cs_loop_watch with 0) cancels it.  -1 on error. */
+int cs_loop_kick(cs_loop *loop, cs_io *io);
 
 /* Run fn every ms milliseconds (after the events of an iteration).  -1 if full. */
 int cs_loop_every(cs_loop *loop, unsigned ms, cs_timer_fn *fn, void *data);

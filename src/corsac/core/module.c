@@ -11,6 +11,7 @@
 #include "log.h"
 #include "loop.h"
 #include "sock.h"
+#include "tls.h"
 #include "worker.h"
 #include "wsgi.h"
 
@@ -97,7 +98,7 @@ static void drop_hooks(hooks *h)
 
 /* In a forked worker: load the app (unless preloaded) and serve. */
 static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject *app, int iface, int nworkers,
-                       cs_slot *slot, int id, hooks *hk)
+                       cs_slot *slot, int id, hooks *hk, const unsigned char *tls_keys)
 {
     char title[320], err[1024];
     srandom((unsigned)getpid() ^ (unsigned)cs_now_ms());   /* each worker its own jitter */
@@ -107,10 +108,17 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
         fprintf(stderr, "corsac: error: %s\n", err);
         return CS_EXIT_BOOT;
     }
+    /* the certificate files are read here, in each new worker: a HUP re-reads them */
+    cs_tls *tls = cs_tls_new(cfg, tls_keys, err, sizeof(err));
+    if (!tls && cfg->ssl_certfile[0]) {
+        fprintf(stderr, "corsac: error: %s\n", err);
+        return CS_EXIT_BOOT;
+    }
     if (app) {
         Py_INCREF(app);
     } else if (!(app = cs_app_load(cfg, &iface, err, sizeof(err)))) {
         fprintf(stderr, "corsac: error: %s\n", err);
+        cs_tls_free(tls);
         return CS_EXIT_BOOT;
     }
     cs_wsgi *wsgi = NULL;
@@ -177,6 +185,7 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
     w.lio = lio;
     w.nlisteners = nlio;
     w.threads = (int)cfg->threads;
+    w.tls = tls;
     if (asgi) {
         if (cfg->threads > 1 && id == 1)
             cs_log(CS_LOG_WARNING, "--threads does not apply to ASGI apps: they run on the event loop");
@@ -202,6 +211,7 @@ static int worker_main(cs_config *cfg, cs_listener *listeners, int nl, PyObject 
         cs_listener_close(&own[i]);
     cs_wsgi_free(wsgi);
     cs_asgi_free(asgi);
+    cs_tls_free(tls);
     Py_DECREF(app);
     return rc;
 }
@@ -273,11 +283,33 @@ static int run(cs_config *cfg)
         }
         lo.umask = (int)m;
     }
-    for (; nl < cfg->nbinds; nl++)
+    /* TLS: check the files now for a clear start-up error (each worker
+     * loads them again); ticket keys made here are shared by every worker */
+    unsigned char tls_keys[CS_TLS_KEYS];
+    err[0] = 0;
+    cs_tls *probe = cs_tls_new(cfg, NULL, err, sizeof(err));
+    if (!probe && err[0]) {
+        fprintf(stderr, "corsac: error: %s\n", err);
+        goto out;
+    }
+    if (probe) {
+        cs_tls_free(probe);
+        if (cs_tls_make_keys(tls_keys) < 0) {
+            fprintf(stderr, "corsac: error: TLS: no random bytes for the session ticket keys\n");
+            goto out;
+        }
+    }
+    for (; nl < cfg->nbinds; nl++) {
         if (cs_listen(cfg->binds[nl], &lo, &listeners[nl], err, sizeof(err)) < 0) {
             fprintf(stderr, "corsac: error: %s\n", err);
             goto out;
         }
+        if (cfg->ssl_certfile[0] && strncmp(listeners[nl].display, "http://", 7) == 0) {
+            char d[sizeof(listeners[nl].display)];
+            snprintf(d, sizeof(d), "https://%s", listeners[nl].display + 7);
+            memcpy(listeners[nl].display, d, sizeof(d));
+        }
+    }
     char title[320];
     snprintf(title, sizeof(title), "%s: arbiter", cfg->process_name);
     cs_set_process_title(title);
@@ -293,7 +325,7 @@ static int run(cs_config *cfg)
     int id = 0;
     rc = cs_arbiter_run(cfg, nworkers, print_banner, &banner, &slot, &id);
     if (rc == CS_IN_WORKER) {
-        rc = worker_main(cfg, listeners, nl, app, iface, nworkers, slot, id, &hk);
+        rc = worker_main(cfg, listeners, nl, app, iface, nworkers, slot, id, &hk, tls_keys);
         /* the socket files and the pid file belong to the arbiter */
         for (int i = 0; i < nl; i++) {
             free(listeners[i].unix_path);

@@ -1,6 +1,6 @@
 /* request.h - the protocol-independent request.
  *
- * Every protocol (HTTP/1.1 in conn.c; HTTP/2 later) produces a cs_req and
+ * Every protocol (HTTP/1.1 in conn.c, HTTP/2 in h2.c) produces a cs_req and
  * every handler (the WSGI and ASGI bridges; static files later) consumes it
  * through cs_req_ops, never knowing which protocol is underneath (H2O's
  * h2o_req_t idea).  WSGI handlers run in "app context": on the I/O thread
@@ -96,7 +96,7 @@ struct cs_req {
     const char *query;    size_t query_len;
     const cs_header *headers;
     size_t num_headers;
-    const char *protocol;                      /* "HTTP/1.1", "HTTP/1.0" */
+    const char *protocol;                      /* "HTTP/1.1", "HTTP/1.0", "HTTP/2" */
     const char *scheme;                        /* "http" or "https" */
     const char *server_name, *server_port;
     const char *peer_addr;                     /* "" for unix sockets */
@@ -116,6 +116,7 @@ struct cs_req {
     const char *ws_reason;                     /* ... and reason (valid during the hook) */
     size_t ws_reason_len;
     void *bridge;                              /* handler state for this request */
+    struct ssl_st *tls;                        /* the TLS session (tls.h), NULL on plaintext */
 };
 
 #endif

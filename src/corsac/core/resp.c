@@ -1,7 +1,9 @@
 /* resp.c - validating and classifying the response fields apps hand over. */
 #include "resp.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 
 #include "parser.h"
@@ -131,4 +133,23 @@ const char *cs_status_reason(int status)
     case 511: return "Network Authentication Required";
     default: return "Unknown";
     }
+}
+
+/* Formatted at most once a second per thread. */
+const char *cs_http_date(void)
+{
+    static _Thread_local time_t cached_sec;
+    static _Thread_local char line[64];
+    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    time_t now = time(NULL);
+    if (now != cached_sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        snprintf(line, sizeof(line), "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n", days[tm.tm_wday],
+                 tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        cached_sec = now;
+    }
+    return line;
 }

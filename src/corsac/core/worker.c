@@ -11,6 +11,7 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -101,6 +102,8 @@ static int start_watchdog(cs_worker *w)
 }
 
 static void *gil_unlock(void) { return PyEval_SaveThread(); }
+static void *gil_enter(void) { return (void *)(intptr_t)PyGILState_Ensure(); }
+static void gil_leave(void *t) { PyGILState_Release((PyGILState_STATE)(intptr_t)t); }
 static void gil_relock(void *ts) { PyEval_RestoreThread(ts); }
 
 /* Inline mode: hold the GIL for a whole batch of events. */
@@ -402,6 +405,8 @@ int cs_worker_run(cs_worker *w)
         goto restore;
     PyThreadState *ts = NULL;
     if (pooled) {
+        w->app_enter = gil_enter;
+        w->app_leave = gil_leave;
         ts = PyEval_SaveThread();
         if (start_pool(w) < 0) {
             PyEval_RestoreThread(ts);

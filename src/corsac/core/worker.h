@@ -16,6 +16,7 @@
 #include "parser.h"
 #include "request.h"
 #include "sock.h"
+#include "tls.h"
 
 typedef struct cs_conn cs_conn;
 typedef struct cs_worker cs_worker;
@@ -52,6 +53,7 @@ struct cs_worker {
     cs_listen_io *lio;
     int nlisteners;
     int threads;                    /* 1: handlers run inline on the loop thread */
+    cs_tls *tls;                    /* TLS on every listener, or NULL */
     int async;                      /* ASGI: handlers never block; app tasks outlive them */
 
     cs_conn *conns;                 /* every open connection (loop thread only) */
@@ -87,6 +89,11 @@ struct cs_worker {
     /* async: run the host event loop until the worker loop stops (instead of
      * cs_loop_run); the worker's epoll fd is to be watched through it */
     int (*drive)(cs_worker *w);
+    /* Take and drop the GIL around a handler the loop thread runs itself
+     * while a pool serves HTTP/1.1 (HTTP/2 streams run inline); NULL when
+     * the loop thread already holds it. */
+    void *(*app_enter)(void);
+    void (*app_leave)(void *token);
     /* Release and retake the GIL around blocking waits in app context. */
     void *(*unlock)(void);
     void (*relock)(void *token);

@@ -52,7 +52,7 @@ struct cs_wsgi {
     PyObject *hkeys[NCOMMON];
     size_t hkey_len[NCOMMON];
     PyObject *methods[NMETHODS];
-    PyObject *proto10, *proto11, *empty, *http;
+    PyObject *proto10, *proto11, *proto2, *empty, *http, *https, *on;
     PyObject *root_path;            /* str */
     const char *root;               /* UTF-8 of root_path */
     size_t root_len;
@@ -854,10 +854,14 @@ static PyObject *build_environ(cs_wsgi *w, cs_req *r, Input **input_out)
         method = latin1(r->method, r->method_len);
     if (set_steal(env, w->keys[K_REQUEST_METHOD], method) ||
         set_steal(env, w->keys[K_PATH_INFO], path_info(w, r)) ||
-        PyDict_SetItem(env, w->keys[K_SERVER_PROTOCOL], r->protocol[7] == '1' ? w->proto11 : w->proto10) ||
+        PyDict_SetItem(env, w->keys[K_SERVER_PROTOCOL],
+                       r->protocol[5] == '2' ? w->proto2 : r->protocol[7] == '1' ? w->proto11 : w->proto10) ||
         set_steal(env, w->keys[K_RAW_URI], latin1(r->target, r->target_len)) ||
         set_steal(env, w->keys[K_REMOTE_ADDR], PyUnicode_FromString(r->peer_addr)) ||
         set_steal(env, w->keys[K_REMOTE_PORT], port_str(r->peer_port)))
+        goto fail;
+    if (r->tls && (PyDict_SetItem(env, w->keys[K_WSGI_URL_SCHEME], w->https) ||
+                   PyDict_SetItemString(env, "HTTPS", w->on)))
         goto fail;
     if (r->query_len) {
         if (set_steal(env, w->keys[K_QUERY_STRING], latin1(r->query, r->query_len)))
@@ -1199,7 +1203,8 @@ cs_wsgi *cs_wsgi_new(PyObject *app, const cs_config *cfg, int multiprocess)
             goto fail;
     if (!(w->proto10 = PyUnicode_InternFromString("HTTP/1.0")) ||
         !(w->proto11 = PyUnicode_InternFromString("HTTP/1.1")) || !(w->empty = PyUnicode_FromString("")) ||
-        !(w->http = PyUnicode_InternFromString("http")))
+        !(w->http = PyUnicode_InternFromString("http")) || !(w->https = PyUnicode_InternFromString("https")) ||
+        !(w->proto2 = PyUnicode_InternFromString("HTTP/2")) || !(w->on = PyUnicode_InternFromString("on")))
         goto fail;
     /* SCRIPT_NAME: without a trailing slash */
     size_t rl = strlen(cfg->root_path);
@@ -1245,6 +1250,9 @@ void cs_wsgi_free(cs_wsgi *w)
     Py_XDECREF(w->proto11);
     Py_XDECREF(w->empty);
     Py_XDECREF(w->http);
+    Py_XDECREF(w->https);
+    Py_XDECREF(w->proto2);
+    Py_XDECREF(w->on);
     Py_XDECREF(w->root_path);
     Py_XDECREF(w->errors);
     Py_XDECREF(w->empty_input);
