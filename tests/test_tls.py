@@ -950,6 +950,26 @@ def test_default_ciphers_are_aead_ecdhe(srv, certs):
         assert r.cipher[0] == good and r.status == 200
 
 
+def test_tls13_suites_prefer_aes128_then_client_chacha(srv, certs):
+    """TLS 1.3: AES-128-GCM for a client offering OpenSSL's default order; ChaCha20 for a
+    client that lists it first (one without AES instructions); AES-256 when asked for."""
+    s = srv(WSGI)
+    r = https(s, client_ctx(certs))
+    assert r.version == "TLSv1.3" and r.cipher[0] == "TLS_AES_128_GCM_SHA256", r.cipher
+
+    def s_client(suites):
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{s.port}", "-tls1_3",
+                              "-ciphersuites", suites, "-CAfile", str(certs.ca_pem)],
+                             input=b"", capture_output=True, timeout=10)
+        text = (out.stdout + out.stderr).decode(errors="replace")
+        assert out.returncode == 0, text
+        return text
+
+    assert "Cipher is TLS_CHACHA20_POLY1305_SHA256" in s_client(
+        "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256")
+    assert "Cipher is TLS_AES_256_GCM_SHA384" in s_client("TLS_AES_256_GCM_SHA384")
+
+
 # --------------------------------------------------------------------------- wss
 
 @pytest.mark.parametrize("loop", LOOPS)

@@ -131,7 +131,14 @@ cs_tls *cs_tls_new(const cs_config *cfg, const unsigned char keys[CS_TLS_KEYS], 
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION |
-                                 SSL_OP_SINGLE_ECDH_USE);
+                                 SSL_OP_SINGLE_ECDH_USE | SSL_OP_PRIORITIZE_CHACHA);
+    /* TLS 1.3: AES-128-GCM first (OpenSSL's default puts AES-256 first, which
+     * costs more per byte for no practical gain); ChaCha20 still wins for a
+     * client that lists it first, one without AES instructions */
+    if (SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256") != 1) {
+        snprintf(err, errlen, "TLS: cannot set the TLS 1.3 cipher suites: %s", ossl_reason());
+        goto fail;
+    }
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
     /* one read(2) takes whole records (and what follows) instead of a
